@@ -1,0 +1,134 @@
+"""torch.nn.functional's norms, same signatures, built on normlib's one core.
+
+Each function picks its axes with `normlib.axes` (the checks and messages the NumPy reference uses
+too) and calls `normalize_affine`, an autograd.Function with a hand-written backward.
+"""
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from .. import axes as ax
+from .core import compute_dtype, normalize_affine
+
+__all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"]
+
+
+def _check_params(name, feature_shape, **params):
+    """Every given parameter/buffer has the feature shape (C,) or normalized_shape."""
+    for what, p in params.items():
+        ax.check_param(name, what, None if p is None else tuple(p.shape), feature_shape)
+
+
+def _channel_shape(shape):
+    """(1, C, 1, ..., 1): per-channel parameters broadcast against (N, C, *)."""
+    return (1, shape[1]) + (1,) * (len(shape) - 2)
+
+
+@torch.no_grad()
+def _update_running(running, batch_stat, momentum):
+    """running <- (1 - momentum) * running + momentum * batch_stat, in place (PyTorch's convention)."""
+    running.mul_(1.0 - momentum).add_(batch_stat.to(running.dtype), alpha=momentum)
+
+
+def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    r"""BatchNorm over (N, C, *): per-channel statistics over N and the spatial axes.
+
+    .. math:: y = \frac{x - \mathrm{E}_B[x]}{\sqrt{\mathrm{Var}_B[x] + \epsilon}} \gamma + \beta
+
+    In training the biased batch variance normalizes, and the running buffers (if given) move by
+    ``momentum`` towards the batch mean and the *unbiased* batch variance. Otherwise the running
+    buffers normalize. Shape: input (N, C) or (N, C, *), output the same.
+    """
+    shape = tuple(input.shape)
+    axes = ax.batch_norm_axes(shape)
+    c = shape[1]
+    _check_params("batch_norm", (c,), weight=weight, bias=bias, running_mean=running_mean,
+                  running_var=running_var)
+    pshape = _channel_shape(shape)
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm: training=False normalizes with running_mean and "
+                             "running_var; pass both, or use training=True for batch statistics")
+        stats = (running_mean.reshape(pshape), running_var.reshape(pshape))
+        return normalize_affine(input, weight, bias, axes, shape, pshape, eps, stats=stats)[0]
+    ax.check_batch_stats(shape)
+    y, mean, var = normalize_affine(input, weight, bias, axes, shape, pshape, eps)
+    if running_mean is not None and input.numel() > 0:   # an empty batch leaves them alone
+        n = ax.reduced_count(shape, axes)
+        _update_running(running_mean, mean.reshape(c), momentum)
+        _update_running(running_var, var.reshape(c) * (n / (n - 1)), momentum)
+    return y
+
+
+def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
+                  running_var: Optional[Tensor] = None, weight: Optional[Tensor] = None,
+                  bias: Optional[Tensor] = None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    r"""InstanceNorm over (N, C, *): statistics per sample and channel over the spatial axes.
+
+    With running buffers and ``use_input_stats``, they move towards the batch average of the
+    per-instance mean and unbiased variance; ``use_input_stats=False`` normalizes with them.
+    """
+    shape = tuple(input.shape)
+    axes = ax.instance_norm_axes(shape)
+    c = shape[1]
+    _check_params("instance_norm", (c,), weight=weight, bias=bias, running_mean=running_mean,
+                  running_var=running_var)
+    pshape = _channel_shape(shape)
+    if not use_input_stats:
+        if running_mean is None or running_var is None:
+            raise ValueError("instance_norm: use_input_stats=False needs running_mean and "
+                             "running_var")
+        stats = (running_mean.reshape(pshape), running_var.reshape(pshape))
+        return normalize_affine(input, weight, bias, axes, shape, pshape, eps, stats=stats)[0]
+    ax.check_instance_stats(shape)
+    y, mean, var = normalize_affine(input, weight, bias, axes, shape, pshape, eps)
+    if running_mean is not None and shape[0] > 0:
+        n = ax.reduced_count(shape, axes)
+        _update_running(running_mean, mean.reshape(shape[:2]).mean(0), momentum)
+        _update_running(running_var, (var.reshape(shape[:2]) * (n / (n - 1))).mean(0), momentum)
+    return y
+
+
+def layer_norm(input: Tensor, normalized_shape: List[int], weight: Optional[Tensor] = None,
+               bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
+    r"""LayerNorm: statistics per sample over the last ``len(normalized_shape)`` axes.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+    """
+    shape = tuple(input.shape)
+    axes = ax.layer_norm_axes(shape, normalized_shape)
+    nshape = ax.normalized_shape_tuple(normalized_shape)
+    _check_params("layer_norm", nshape, weight=weight, bias=bias)
+    pshape = (1,) * (len(shape) - len(nshape)) + nshape
+    return normalize_affine(input, weight, bias, axes, shape, pshape, eps)[0]
+
+
+def rms_norm(input: Tensor, normalized_shape: List[int], weight: Optional[Tensor] = None,
+             eps: Optional[float] = None) -> Tensor:
+    r"""RMSNorm: per sample over the last axes, no centering and no bias.
+
+    .. math:: y = \frac{x}{\sqrt{\mathrm{E}[x^2] + \epsilon}} \gamma
+
+    ``eps=None`` uses the machine epsilon of the compute dtype (float32 for half input), as torch.
+    """
+    shape = tuple(input.shape)
+    axes = ax.layer_norm_axes(shape, normalized_shape, name="RMSNorm")
+    nshape = ax.normalized_shape_tuple(normalized_shape)
+    _check_params("rms_norm", nshape, weight=weight)
+    if eps is None:
+        eps = torch.finfo(compute_dtype(input.dtype)).eps
+    pshape = (1,) * (len(shape) - len(nshape)) + nshape
+    return normalize_affine(input, weight, None, axes, shape, pshape, eps, center=False)[0]
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
+               bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
+    r"""GroupNorm: channels in ``num_groups`` groups; statistics per sample and group."""
+    shape = tuple(input.shape)
+    view = ax.group_norm_shape(shape, num_groups)
+    _check_params("group_norm", (shape[1],), weight=weight, bias=bias)
+    return normalize_affine(input, weight, bias, (2,), view, _channel_shape(shape), eps)[0]
