@@ -30,7 +30,10 @@ class _NormalizeAffine(torch.autograd.Function):
     def forward(ctx, x, weight, bias, axes, view_shape, param_shape, eps, center, stats):
         cdt = compute_dtype(x.dtype)
         xv = x.to(cdt).reshape(view_shape)                              # view_shape
-        if stats is None:
+        if stats is None and xv.numel() == 0:   # empty batch: nan statistics, no warning
+            keep = [1 if i in axes else n for i, n in enumerate(view_shape)]
+            mean = var = xv.new_full(keep, float("nan"))
+        elif stats is None:
             if center:   # var_mean is a stable (Welford) reduction, not E[x²] - E[x]²
                 var, mean = torch.var_mean(xv, dim=axes, correction=0, keepdim=True)
             else:

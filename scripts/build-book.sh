@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Build the book: set up .venv, execute every notebook in _toc.yml, write HTML to _build/html.
+# Warnings are errors (-W), cross-references are checked (-n).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/jupyter-book build . -W -n --keep-going
+echo "book: open $(pwd)/_build/html/index.html in a browser"

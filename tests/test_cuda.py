@@ -1,0 +1,43 @@
+"""The same parity checks on CUDA, where a GPU is present; skipped otherwise."""
+import pytest
+import torch
+
+import normlib.torch as nt
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+MODULES = [
+    (lambda m: m.BatchNorm2d(16), (8, 16, 7, 7)),
+    (lambda m: m.LayerNorm(1000), (64, 1000)),
+    (lambda m: m.GroupNorm(4, 16), (8, 16, 7, 7)),
+    (lambda m: m.InstanceNorm2d(16, affine=True, track_running_stats=True), (8, 16, 7, 7)),
+    (lambda m: m.RMSNorm(4097), (16, 4097)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("make, shape", MODULES)
+def test_cuda_matches_torch_nn(make, shape, dtype):
+    torch.manual_seed(0)
+    ours, theirs = make(nt).cuda(), make(torch.nn).cuda()
+    x = (torch.randn(shape, device="cuda") * 2 + 3).to(dtype)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), theirs(xb)
+    assert ya.dtype == dtype and ya.device.type == "cuda"
+    tol = dict(rtol=1e-3, atol=1e-3) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+    torch.testing.assert_close(ya.float(), yb.float(), **tol)
+    dy = torch.randn_like(ya)
+    ya.backward(dy)
+    yb.backward(dy)
+    torch.testing.assert_close(xa.grad.float(), xb.grad.float(), **tol)
+    for pa, pb in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(pa.grad.float(), pb.grad.float(), rtol=3e-2, atol=3e-1)
+    for ba, bb in zip(ours.buffers(), theirs.buffers()):
+        torch.testing.assert_close(ba.float(), bb.float(), **tol)
+
+
+def test_cuda_gradcheck_float64():
+    from normlib.torch import functional as F
+    x = torch.randn(4, 3, 5, device="cuda", dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, device="cuda", dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: F.group_norm(x, 3, w), (x, w))

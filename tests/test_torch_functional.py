@@ -1,0 +1,174 @@
+"""normlib.torch.functional: torch's signatures, float64 gradcheck, torch's norm ops never called,
+numerics (offset data, NaN, half precision, empty batches)."""
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as TF
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import normlib.torch as nt
+from normlib.torch import functional as F
+
+NAMES = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_signature_is_torch_nn_functional_s(name):
+    ours = inspect.signature(getattr(F, name)).parameters
+    theirs = inspect.signature(getattr(TF, name)).parameters
+    assert [(p.name, p.default, p.kind) for p in ours.values()] == \
+           [(p.name, p.default, p.kind) for p in theirs.values()]
+
+
+def _d(*shape, scale=1.0, offset=0.0):
+    """float64 leaf tensor that requires grad."""
+    return (torch.randn(*shape, dtype=torch.float64) * scale + offset).requires_grad_()
+
+
+RM, RV = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64), torch.tensor([0.5, 2.0, 3.0],
+                                                                          dtype=torch.float64)
+GRADCHECK = {
+    "batch_norm train": lambda: (lambda x, w, b: F.batch_norm(x, None, None, w, b, True),
+                                 (_d(5, 3, 2), _d(3), _d(3))),
+    "batch_norm eval": lambda: (lambda x, w, b: F.batch_norm(x, RM, RV, w, b),
+                                (_d(5, 3), _d(3), _d(3))),
+    "layer_norm": lambda: (lambda x, w, b: F.layer_norm(x, [3, 4], w, b),
+                           (_d(2, 3, 4), _d(3, 4), _d(3, 4))),
+    "group_norm": lambda: (lambda x, w, b: F.group_norm(x, 2, w, b), (_d(2, 4, 3), _d(4), _d(4))),
+    "instance_norm": lambda: (lambda x, w, b: F.instance_norm(x, weight=w, bias=b),
+                              (_d(2, 3, 5), _d(3), _d(3))),
+    "instance_norm running": lambda: (lambda x, w, b: F.instance_norm(
+        x, torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64), w, b,
+        use_input_stats=False), (_d(2, 3, 5), _d(3), _d(3))),
+    "rms_norm": lambda: (lambda x, w, b: F.rms_norm(x, [4], w) + 0 * b.sum(),
+                         (_d(3, 4), _d(4), _d(4))),
+    "no affine": lambda: (lambda x, w, b: F.layer_norm(x, [4]) + 0 * (w.sum() + b.sum()),
+                          (_d(3, 4), _d(4), _d(4))),
+}
+
+
+@pytest.mark.parametrize("case", list(GRADCHECK))
+def test_gradcheck_float64(case):
+    torch.manual_seed(0)
+    fn, inputs = GRADCHECK[case]()
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+class _RecordOps(TorchDispatchMode):
+    """Records the name of every aten op that runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def _norm_ops(fn):
+    """The aten ops with 'norm' in their name that fn() runs, forward and backward."""
+    x = torch.randn(4, 6, 3, 3, requires_grad=True)
+    with _RecordOps() as rec:
+        fn(x).square().sum().backward()
+    return {op for op in rec.ops if "norm" in op}
+
+
+MODULES = {
+    "BatchNorm2d": lambda: nt.BatchNorm2d(6),
+    "LayerNorm": lambda: nt.LayerNorm([6, 3, 3]),
+    "GroupNorm": lambda: nt.GroupNorm(3, 6),
+    "InstanceNorm2d": lambda: nt.InstanceNorm2d(6, affine=True, track_running_stats=True),
+    "RMSNorm": lambda: nt.RMSNorm(3),
+}
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_torch_norm_ops_are_never_called(name):
+    m = MODULES[name]()
+    assert _norm_ops(m) == set()
+    m.eval()
+    assert _norm_ops(m) == set()
+
+
+def test_the_norm_op_detector_detects_torch_norms():
+    """The check above can fail: torch's own layers are caught."""
+    assert _norm_ops(torch.nn.LayerNorm([6, 3, 3]))
+    assert _norm_ops(torch.nn.BatchNorm2d(6))
+    assert _norm_ops(torch.nn.GroupNorm(3, 6))
+
+
+OFFSET_CASES = {   # (ours, float64 reference from the same definition)
+    "batch_norm": lambda x: F.batch_norm(x, None, None, training=True),
+    "layer_norm": lambda x: F.layer_norm(x, [x.shape[-1]]),
+    "group_norm": lambda x: F.group_norm(x, 4),
+    "instance_norm": lambda x: F.instance_norm(x.reshape(x.shape[0], 8, -1)).reshape(x.shape),
+}
+
+
+@pytest.mark.parametrize("name", list(OFFSET_CASES))
+def test_float32_offset_data_is_normalized_accurately(name):
+    """1e3 + 0.1·z in float32: E[x²] - E[x]² would lose all digits; we stay within 1e-2."""
+    torch.manual_seed(0)
+    x64 = 1e3 + 0.1 * torch.randn(64, 8, 32, dtype=torch.float64)
+    got = OFFSET_CASES[name](x64.float()).double()
+    want = OFFSET_CASES[name](x64)
+    assert (got - want).abs().max() < 1e-2
+
+
+def test_rms_norm_float32_large_values_are_accurate():
+    x64 = 1e3 + 0.1 * torch.randn(16, 64, dtype=torch.float64)
+    assert (F.rms_norm(x64.float(), [64]).double() - F.rms_norm(x64, [64])).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nan_propagates_without_crashing(name):
+    x = torch.randn(4, 4, 3, requires_grad=True)
+    with torch.no_grad():
+        x[0, 0, 0] = float("nan")
+    call = {"batch_norm": lambda: F.batch_norm(x, None, None, training=True),
+            "layer_norm": lambda: F.layer_norm(x, [3]),
+            "group_norm": lambda: F.group_norm(x, 2),
+            "instance_norm": lambda: F.instance_norm(x),
+            "rms_norm": lambda: F.rms_norm(x, [3])}[name]
+    y = call()
+    y.sum().backward()
+    assert torch.isnan(y).any() and not torch.isnan(y).all()
+    assert torch.isnan(x.grad).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", list(MODULES))
+def test_half_precision_returns_input_dtype_with_float32_statistics(dtype, name):
+    torch.manual_seed(0)
+    m = MODULES[name]()
+    x32 = (5 + torch.randn(8, 6, 3, 3)).to(dtype).float()
+    x = x32.to(dtype).requires_grad_()
+    y = m(x)
+    assert y.dtype == dtype
+    y.float().sum().backward()
+    assert x.grad.dtype == dtype
+    tol = 2e-2 if dtype == torch.float16 else 6e-2
+    assert (y.float() - MODULES[name]()(x32)).abs().max() < tol
+
+
+def test_half_input_with_float32_parameters_like_autocast():
+    m = nt.LayerNorm(8)
+    y = m(torch.randn(4, 8, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert m.weight.grad.dtype == torch.float32
+
+
+def test_empty_batches_work_like_torch():
+    ours, theirs = nt.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    for m in (ours, theirs):
+        m.running_mean.fill_(0.5)
+        assert m(torch.empty(0, 3)).shape == (0, 3)
+    assert torch.equal(ours.running_mean, theirs.running_mean)
+    assert ours.num_batches_tracked == theirs.num_batches_tracked == 1
+    assert nt.LayerNorm(4)(torch.empty(0, 4)).shape == (0, 4)
+    assert nt.GroupNorm(2, 4)(torch.empty(0, 4, 3)).shape == (0, 4, 3)
+    assert nt.RMSNorm(4)(torch.empty(0, 4)).shape == (0, 4)
+    assert nt.InstanceNorm1d(3)(torch.empty(0, 3, 5)).shape == (0, 3, 5)
