@@ -32,10 +32,10 @@ def normalize(x, axes, eps=1e-5, center=True):
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # an empty reduction gives nan, like torch
         mean = x.mean(axis=axes, keepdims=True) if center else np.zeros((1,) * x.ndim, x.dtype)
-        xc = x - mean if center else x
-        var = (xc * xc).mean(axis=axes, keepdims=True)
+        xhat = x - mean                                    # x - mean, scaled in place below
+        var = np.square(xhat).mean(axis=axes, keepdims=True)
     rstd = 1.0 / np.sqrt(var + eps)
-    xhat = xc * rstd
+    xhat *= rstd
     return xhat, NormCache(xhat, rstd, axes, center, mean, var)
 
 

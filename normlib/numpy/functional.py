@@ -33,11 +33,10 @@ def _out_dtype(x):
 
 def _affine(xhat, weight, bias, param_shape):
     """y = weight * xhat + bias, parameters broadcast through `param_shape`."""
-    y = xhat
-    if weight is not None:
-        y = y * np.asarray(weight, dtype=xhat.dtype).reshape(param_shape)
+    y = xhat * np.asarray(weight, dtype=xhat.dtype).reshape(param_shape) if weight is not None \
+        else xhat.copy()
     if bias is not None:
-        y = y + np.asarray(bias, dtype=xhat.dtype).reshape(param_shape)
+        y += np.asarray(bias, dtype=xhat.dtype).reshape(param_shape)
     return y
 
 

@@ -1,10 +1,30 @@
-"""The one core for torch: normalize over a set of axes, fused with the affine step, as an
-autograd.Function with a hand-written backward. Built from elementwise ops and reductions only:
-torch's own norm kernels are the test oracle, never the implementation.
-"""
-import torch
+"""The one core for torch, as two autograd.Functions with hand-written backward passes.
 
-__all__ = ["compute_dtype", "normalize_affine"]
+Both compute xhat = (x - mean) * rstd over a set of axes, then y = weight * xhat + bias. They differ
+only in where the parameters sit relative to the statistics, which decides the cheapest way to
+evaluate the same formulas with composite ops (torch's own normalization kernels are the test
+oracle, never the implementation):
+
+- `channel_norm` (BatchNorm, InstanceNorm, GroupNorm): x viewed as (N, G, C/G, S). Statistics and
+  parameters are constant over the spatial axis S, so each pass is x op (a small (N, C, 1) tensor),
+  in place where it can be.
+- `feature_norm` (LayerNorm, RMSNorm): x viewed as (M, D). Statistics are per row, parameters per
+  column; xhat is materialized and saved, and row sums weighted by the parameters are matrix-vector
+  products.
+
+On the CPU every composite op streams its operands through memory, so the code counts full-size
+passes: two forward and about five backward beyond the reductions. The variance is the mean of
+(x - mean)² — two passes, never E[x²] - E[x]² — taken as ‖x - mean‖² / n with
+`torch.linalg.vector_norm`, a plain reduction (sum of squares) that reads its input once without a
+temporary. Statistics are float32 for float16/bfloat16 input (float64 for float64); y returns in the
+input dtype.
+"""
+from math import prod
+
+import torch
+from torch.linalg import vector_norm
+
+__all__ = ["compute_dtype", "channel_norm", "feature_norm"]
 
 
 def compute_dtype(dtype):
@@ -12,72 +32,161 @@ def compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _sum_to(a, param_shape):
-    """Sum `a` over the axes where a parameter of broadcast shape `param_shape` is 1."""
-    dims = [i for i, p in enumerate(param_shape) if p == 1]
-    return a.sum(dim=dims) if dims else a
+def _meta(t):
+    """(shape, dtype) of a parameter, or None."""
+    return None if t is None else (t.shape, t.dtype)
 
 
-class _NormalizeAffine(torch.autograd.Function):
-    """y = weight * xhat + bias, xhat = (x - mean) * rstd over `axes` of x.reshape(view_shape).
+def _param_grads(ctx, dweight, dbias, weight_meta, bias_meta):
+    """Parameter gradients in the parameters' shapes and dtypes, None where not wanted."""
+    dweight = dweight.reshape(weight_meta[0]).to(weight_meta[1]) \
+        if weight_meta and ctx.needs_input_grad[1] else None
+    dbias = dbias.reshape(bias_meta[0]).to(bias_meta[1]) \
+        if bias_meta and ctx.needs_input_grad[2] else None
+    return dweight, dbias
 
-    Statistics come from x (mean, var: biased, keepdims in view_shape) unless `stats` = (mean, var)
-    is given, as in eval-mode BatchNorm. Returns (y, mean, var); mean and var are not differentiable.
-    Saves xhat (float32 or float64) and rstd: one pass less in backward, one activation more.
+
+def _mean_square(xc, dims):
+    """Mean of xc² over `dims` (keepdim) in one read, without a full-size temporary."""
+    count = prod(xc.shape[d] for d in dims)
+    return vector_norm(xc, dim=dims, keepdim=True).square_().div_(count)
+
+
+class _ChannelNorm(torch.autograd.Function):
+    """x (N, C, *) viewed as (N, G, C/G, S); statistics over (C/G, S), and over N too if
+    `over_batch`, or given per channel as `stats` = (mean, var). Returns (y, mean, var), the
+    statistics of shape (N or 1, G) and not differentiable. Saves x, mean and rstd per channel.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, axes, view_shape, param_shape, eps, center, stats):
+    def forward(ctx, x, weight, bias, groups, over_batch, eps, stats):
         cdt = compute_dtype(x.dtype)
-        xv = x.to(cdt).reshape(view_shape)                              # view_shape
-        if stats is None and xv.numel() == 0:   # empty batch: nan statistics, no warning
-            keep = [1 if i in axes else n for i, n in enumerate(view_shape)]
-            mean = var = xv.new_full(keep, float("nan"))
-        elif stats is None:
-            if center:   # var_mean is a stable (Welford) reduction, not E[x²] - E[x]²
-                var, mean = torch.var_mean(xv, dim=axes, correction=0, keepdim=True)
-            else:
-                var = xv.square().mean(dim=axes, keepdim=True)
-                mean = torch.zeros_like(var)
+        n, c, s = x.shape[0], x.shape[1], prod(x.shape[2:])
+        x3 = x.to(cdt).reshape(n, c, s)                                   # N, C, S
+        kn = 1 if over_batch else n                                       # rows of statistics
+        if stats is not None:                                             # given, per channel
+            mean_c, var_c = (t.to(cdt).reshape(1, c, 1) for t in stats)
+            mean = var = x3.new_empty(0)
+            y = x3 - mean_c                                               # N, C, S
         else:
-            mean, var = (s.to(cdt).reshape(s.shape) for s in stats)
-        rstd = torch.rsqrt(var + eps)                                    # keepdims
-        xhat = ((xv - mean) * rstd if center else xv * rstd).reshape(x.shape)
-        y = xhat
-        if weight is not None:
-            y = y * weight.to(cdt).reshape(param_shape)
+            xv = x3.reshape(n, groups, c // groups, s)                    # N, G, C/G, S
+            dims = (0, 2, 3) if over_batch else (2, 3)
+            if x.numel() == 0:
+                mean = var = xv.new_full((kn, groups, 1, 1), float("nan"))
+            else:
+                mean = xv.mean(dim=dims, keepdim=True)                    # kn, G, 1, 1
+            y = torch.empty_like(x3)                                      # x - mean, then y
+            xc = torch.sub(xv, mean, out=y.view(xv.shape) if y.is_contiguous() else None)
+            y = xc.reshape(n, c, s)
+            if x.numel() > 0:
+                var = _mean_square(xc, dims)                              # kn, G, 1, 1
+            mean, var = mean.reshape(kn, groups), var.reshape(kn, groups)
+            mean_c, var_c = (_per_channel(t, c) for t in (mean, var))     # kn, C, 1
+        rstd_c = torch.rsqrt(var_c + eps)
+        y.mul_(rstd_c if weight is None else rstd_c * weight.to(cdt).reshape(1, c, 1))
         if bias is not None:
-            y = y + bias.to(cdt).reshape(param_shape)
-        ctx.save_for_backward(xhat, rstd, weight)
-        bias_meta = None if bias is None else (bias.shape, bias.dtype)
-        ctx.meta = (axes, view_shape, param_shape, center, stats is None, x.dtype, bias_meta)
+            y.add_(bias.to(cdt).reshape(1, c, 1))
+        ctx.save_for_backward(x3, mean_c, rstd_c, weight)
+        ctx.meta = (x.shape, x.dtype, groups, over_batch, stats is None, _meta(weight), _meta(bias))
         ctx.mark_non_differentiable(mean, var)
-        return y.to(x.dtype), mean, var
+        return y.reshape(x.shape).to(x.dtype), mean, var
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy, _dmean, _dvar):
+        x3, mean_c, rstd_c, weight = ctx.saved_tensors
+        x_shape, x_dtype, groups, over_batch, batch_stats, weight_meta, bias_meta = ctx.meta
+        n, c, s = x3.shape
+        dy3 = dy.to(x3.dtype).reshape(n, c, s)                            # N, C, S
+        xc = x3 - mean_c                                                  # N, C, S; becomes dx
+        sum_dy = dy3.sum(dim=2)                                           # N, C
+        sum_dy_xhat = torch.linalg.vecdot(xc, dy3, dim=2) * rstd_c[..., 0]   # N, C
+        dweight, dbias = _param_grads(ctx, sum_dy_xhat.sum(0), sum_dy.sum(0), weight_meta,
+                                      bias_meta)
+        if not ctx.needs_input_grad[0]:
+            return None, dweight, dbias, None, None, None, None
+        w_c = torch.ones_like(rstd_c[:1]) if weight is None else \
+            weight.to(x3.dtype).reshape(1, c, 1)
+        k = w_c * rstd_c                                                  # kn, C, 1
+        if not batch_stats:                                               # statistics are constants
+            dx = dy3 * k
+        else:
+            # dx = rstd * (dxhat - <dxhat> - xhat * <dxhat * xhat>), dxhat = w * dy, <.> the mean
+            # over a group: w-weighted sums of the (N, C) partial sums, no extra pass over x.
+            count = (n if over_batch else 1) * (c // groups) * s
+            mean_dxhat = _group_mean(w_c, sum_dy, groups, over_batch, count)
+            mean_dxhat_xhat = _group_mean(w_c, sum_dy_xhat, groups, over_batch, count)
+            dx = xc.mul_(-mean_dxhat_xhat * rstd_c * rstd_c).sub_(mean_dxhat * rstd_c) \
+                .addcmul_(dy3, k)
+        return dx.reshape(x_shape).to(x_dtype), dweight, dbias, None, None, None, None
+
+
+def _per_channel(stat, c):
+    """(kn, G) group statistics -> (kn, C, 1), each channel getting its group's value."""
+    kn, groups = stat.shape
+    return stat.reshape(kn, groups, 1).expand(kn, groups, c // groups).reshape(kn, c, 1)
+
+
+def _group_mean(w_c, partial, groups, over_batch, count):
+    """The mean of w·(partial sums) over each channel's group: (N, C) -> (N or 1, C, 1)."""
+    n, c = partial.shape
+    g = (w_c[0, :, 0] * partial).reshape(n, groups, c // groups)
+    g = g.sum(dim=(0, 2) if over_batch else 2, keepdim=True) / count
+    return g.expand(1 if over_batch else n, groups, c // groups).reshape(-1, c, 1)
+
+
+class _FeatureNorm(torch.autograd.Function):
+    """x (*, *normalized_shape) viewed as (M, D); statistics per row (mean skipped when not
+    `center`: RMSNorm); weight and bias of D values. Saves xhat (M, D) and rstd (M, 1).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, d, eps, center):
+        cdt = compute_dtype(x.dtype)
+        x2 = x.to(cdt).reshape(-1, d)                                     # M, D
+        xhat = x2 - x2.mean(dim=1, keepdim=True) if center else x2        # M, D
+        rstd = torch.rsqrt(_mean_square(xhat, (1,)).add_(eps))           # M, 1
+        xhat = xhat.mul_(rstd) if center else xhat * rstd
+        w = None if weight is None else weight.to(cdt).reshape(d)
+        b = None if bias is None else bias.to(cdt).reshape(d)
+        if w is not None:
+            y = xhat * w if b is None else torch.addcmul(b, xhat, w)
+        else:
+            y = xhat.clone() if b is None else xhat + b
+        ctx.save_for_backward(xhat, rstd, weight)
+        ctx.meta = (x.shape, x.dtype, center, _meta(weight), _meta(bias))
+        return y.reshape(x.shape).to(x.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
         xhat, rstd, weight = ctx.saved_tensors
-        axes, view_shape, param_shape, center, batch_stats, x_dtype, bias_meta = ctx.meta
-        dy = dy.to(xhat.dtype)
-        dx = dweight = dbias = None
-        if weight is not None and ctx.needs_input_grad[1]:
-            dweight = _sum_to(dy * xhat, param_shape).reshape(weight.shape).to(weight.dtype)
-        if bias_meta is not None and ctx.needs_input_grad[2]:
-            dbias = _sum_to(dy, param_shape).reshape(bias_meta[0]).to(bias_meta[1])
-        if ctx.needs_input_grad[0]:
-            dxhat = dy if weight is None else dy * weight.to(dy.dtype).reshape(param_shape)
-            dxhat, xhat = dxhat.reshape(view_shape), xhat.reshape(view_shape)
-            if batch_stats:   # dx = rstd * (dxhat - <dxhat> - xhat * <dxhat * xhat>)
-                proj = (dxhat * xhat).mean(dim=axes, keepdim=True)
-                inner = torch.addcmul(dxhat.mean(dim=axes, keepdim=True), xhat, proj) \
-                    if center else xhat * proj
-                dxhat = dxhat - inner
-            dx = (dxhat * rstd).reshape(dy.shape).to(x_dtype)
-        return dx, dweight, dbias, None, None, None, None, None, None
+        x_shape, x_dtype, center, weight_meta, bias_meta = ctx.meta
+        d = xhat.shape[1]
+        w = None if weight is None else weight.to(xhat.dtype).reshape(d)
+        dy2 = dy.to(xhat.dtype).reshape(-1, d)                            # M, D
+        dx = torch.mul(dy2, xhat)                                         # dy * xhat, then dx
+        dweight, dbias = _param_grads(ctx, dx.sum(dim=0), dy2.sum(dim=0), weight_meta, bias_meta)
+        if not ctx.needs_input_grad[0]:
+            return None, dweight, dbias, None, None, None
+        # dx = rstd * (dxhat - <dxhat> - xhat * <dxhat * xhat>), dxhat = dy * w, <.> row means
+        mean_dxhat_xhat = (dx.sum(dim=1) if w is None else dx @ w).unsqueeze(1) / d   # M, 1
+        if center:
+            mean_dxhat = (dy2.sum(dim=1) if w is None else dy2 @ w).unsqueeze(1) / d  # M, 1
+            torch.mul(xhat, mean_dxhat_xhat, out=dx).add_(mean_dxhat).neg_()
+        else:
+            torch.mul(xhat, mean_dxhat_xhat, out=dx).neg_()
+        dx = dx.add_(dy2) if w is None else dx.addcmul_(dy2, w)
+        dx.mul_(rstd)
+        return dx.reshape(x_shape).to(x_dtype), dweight, dbias, None, None, None
 
 
-def normalize_affine(x, weight, bias, axes, view_shape, param_shape, eps, center=True, stats=None):
-    """(y, mean, var): the core for every norm. See `_NormalizeAffine`."""
-    return _NormalizeAffine.apply(x, weight, bias, tuple(axes), tuple(view_shape),
-                                  tuple(param_shape), float(eps), center, stats)
+def channel_norm(x, weight, bias, groups, over_batch, eps, stats=None):
+    """(y, mean, var) for BatchNorm (groups=C, over_batch), InstanceNorm (groups=C) and
+    GroupNorm; `stats` = (mean, var) per channel normalizes with given statistics instead."""
+    return _ChannelNorm.apply(x, weight, bias, groups, over_batch, float(eps), stats)
+
+
+def feature_norm(x, weight, bias, d, eps, center=True):
+    """y for LayerNorm (center) and RMSNorm (not center) over the last axes, d values a row."""
+    return _FeatureNorm.apply(x, weight, bias, d, float(eps), center)

@@ -1,15 +1,17 @@
 """torch.nn.functional's norms, same signatures, built on normlib's one core.
 
-Each function picks its axes with `normlib.axes` (the checks and messages the NumPy reference uses
-too) and calls `normalize_affine`, an autograd.Function with a hand-written backward.
+Each function checks its input with `normlib.axes` (the checks and messages the NumPy reference
+uses too) and calls one of the two layouts of the core in `core.py`, autograd.Functions with
+hand-written backward passes.
 """
+from math import prod
 from typing import List, Optional
 
 import torch
 from torch import Tensor
 
 from .. import axes as ax
-from .core import compute_dtype, normalize_affine
+from .core import channel_norm, compute_dtype, feature_norm
 
 __all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"]
 
@@ -18,11 +20,6 @@ def _check_params(name, feature_shape, **params):
     """Every given parameter/buffer has the feature shape (C,) or normalized_shape."""
     for what, p in params.items():
         ax.check_param(name, what, None if p is None else tuple(p.shape), feature_shape)
-
-
-def _channel_shape(shape):
-    """(1, C, 1, ..., 1): per-channel parameters broadcast against (N, C, *)."""
-    return (1, shape[1]) + (1,) * (len(shape) - 2)
 
 
 @torch.no_grad()
@@ -47,15 +44,13 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     c = shape[1]
     _check_params("batch_norm", (c,), weight=weight, bias=bias, running_mean=running_mean,
                   running_var=running_var)
-    pshape = _channel_shape(shape)
     if not training:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm: training=False normalizes with running_mean and "
                              "running_var; pass both, or use training=True for batch statistics")
-        stats = (running_mean.reshape(pshape), running_var.reshape(pshape))
-        return normalize_affine(input, weight, bias, axes, shape, pshape, eps, stats=stats)[0]
+        return channel_norm(input, weight, bias, c, True, eps, (running_mean, running_var))[0]
     ax.check_batch_stats(shape)
-    y, mean, var = normalize_affine(input, weight, bias, axes, shape, pshape, eps)
+    y, mean, var = channel_norm(input, weight, bias, c, True, eps)
     if running_mean is not None and input.numel() > 0:   # an empty batch leaves them alone
         n = ax.reduced_count(shape, axes)
         _update_running(running_mean, mean.reshape(c), momentum)
@@ -77,19 +72,17 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
     c = shape[1]
     _check_params("instance_norm", (c,), weight=weight, bias=bias, running_mean=running_mean,
                   running_var=running_var)
-    pshape = _channel_shape(shape)
     if not use_input_stats:
         if running_mean is None or running_var is None:
             raise ValueError("instance_norm: use_input_stats=False needs running_mean and "
                              "running_var")
-        stats = (running_mean.reshape(pshape), running_var.reshape(pshape))
-        return normalize_affine(input, weight, bias, axes, shape, pshape, eps, stats=stats)[0]
+        return channel_norm(input, weight, bias, c, False, eps, (running_mean, running_var))[0]
     ax.check_instance_stats(shape)
-    y, mean, var = normalize_affine(input, weight, bias, axes, shape, pshape, eps)
+    y, mean, var = channel_norm(input, weight, bias, c, False, eps)   # mean, var: (N, C)
     if running_mean is not None and shape[0] > 0:
         n = ax.reduced_count(shape, axes)
-        _update_running(running_mean, mean.reshape(shape[:2]).mean(0), momentum)
-        _update_running(running_var, (var.reshape(shape[:2]) * (n / (n - 1))).mean(0), momentum)
+        _update_running(running_mean, mean.mean(0), momentum)
+        _update_running(running_var, (var * (n / (n - 1))).mean(0), momentum)
     return y
 
 
@@ -100,11 +93,10 @@ def layer_norm(input: Tensor, normalized_shape: List[int], weight: Optional[Tens
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
     """
     shape = tuple(input.shape)
-    axes = ax.layer_norm_axes(shape, normalized_shape)
+    ax.layer_norm_axes(shape, normalized_shape)
     nshape = ax.normalized_shape_tuple(normalized_shape)
     _check_params("layer_norm", nshape, weight=weight, bias=bias)
-    pshape = (1,) * (len(shape) - len(nshape)) + nshape
-    return normalize_affine(input, weight, bias, axes, shape, pshape, eps)[0]
+    return feature_norm(input, weight, bias, prod(nshape), eps)
 
 
 def rms_norm(input: Tensor, normalized_shape: List[int], weight: Optional[Tensor] = None,
@@ -116,19 +108,18 @@ def rms_norm(input: Tensor, normalized_shape: List[int], weight: Optional[Tensor
     ``eps=None`` uses the machine epsilon of the compute dtype (float32 for half input), as torch.
     """
     shape = tuple(input.shape)
-    axes = ax.layer_norm_axes(shape, normalized_shape, name="RMSNorm")
+    ax.layer_norm_axes(shape, normalized_shape, name="RMSNorm")
     nshape = ax.normalized_shape_tuple(normalized_shape)
     _check_params("rms_norm", nshape, weight=weight)
     if eps is None:
         eps = torch.finfo(compute_dtype(input.dtype)).eps
-    pshape = (1,) * (len(shape) - len(nshape)) + nshape
-    return normalize_affine(input, weight, None, axes, shape, pshape, eps, center=False)[0]
+    return feature_norm(input, weight, None, prod(nshape), eps, center=False)
 
 
 def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
                bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
     r"""GroupNorm: channels in ``num_groups`` groups; statistics per sample and group."""
     shape = tuple(input.shape)
-    view = ax.group_norm_shape(shape, num_groups)
+    ax.group_norm_shape(shape, num_groups)
     _check_params("group_norm", (shape[1],), weight=weight, bias=bias)
-    return normalize_affine(input, weight, bias, (2,), view, _channel_shape(shape), eps)[0]
+    return channel_norm(input, weight, bias, num_groups, False, eps)[0]
