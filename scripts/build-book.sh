@@ -2,6 +2,7 @@
 # Build the book: set up .venv, execute every notebook in _toc.yml, write HTML to _build/html.
 # Warnings are errors (-W), cross-references are checked (-n).
 set -euo pipefail
+export NORMBOOK_QUIET=1   # no progress bars in test output or the built book
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/jupyter-book build . -W -n --keep-going
