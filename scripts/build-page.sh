@@ -8,6 +8,6 @@ stem=${1:?usage: scripts/build-page.sh <chapter stem, e.g. 03-layernorm>}
 out=/tmp/jb-$stem
 mkdir -p "$out"
 others=$(ls book/*.ipynb | grep -v "book/$stem.ipynb" | sed 's/^/    - /')
-sed "s/^  allow_errors: false$/  allow_errors: false\n  exclude_patterns:\n$(echo "$others" | sed 's/\//\\\//g' | tr '\n' '#' | sed 's/#/\\n/g')/" _config.yml > "$out/_config.yml"
+sed -e "s#book/_ext#$(pwd)/book/_ext#" -e "s/^  allow_errors: false$/  allow_errors: false\n  exclude_patterns:\n$(echo "$others" | sed 's/\//\\\//g' | tr '\n' '#' | sed 's/#/\\n/g')/" _config.yml > "$out/_config.yml"
 NORMBOOK_QUIET=1 .venv/bin/jupyter-book build . --config "$out/_config.yml" --path-output "$out" -W -n --keep-going
 echo "page: $out/_build/html/book/$stem.html"

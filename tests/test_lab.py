@@ -62,3 +62,19 @@ def test_quiet_switch(monkeypatch):
     monkeypatch.setenv("NORMBOOK_QUIET", "1")
     assert lab.is_quiet()
     assert lab.progress([1, 2]) == [1, 2]
+
+
+def test_style_turns_missing_glyphs_into_errors():
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import warnings
+    with warnings.catch_warnings():
+        lab.style()
+        fig, ax = plt.subplots()
+        ax.set_title("\u5185\u90e8\u534f\u53d8\u91cf\u504f\u79fb")   # CJK: no glyphs in DejaVu Sans
+        with pytest.raises(UserWarning, match="missing from"):
+            fig.savefig(io.BytesIO(), format="png")
+        plt.close(fig)

@@ -1,4 +1,6 @@
 """One matplotlib style for the whole book: readable sizes, retina output, no missing glyphs."""
+import warnings
+
 import matplotlib as mpl
 
 COLORS = {None: "#555555", "none": "#555555", "batch": "#1f77b4", "layer": "#d62728",
@@ -6,7 +8,11 @@ COLORS = {None: "#555555", "none": "#555555", "batch": "#1f77b4", "layer": "#d62
 
 
 def style():
-    """Apply the book's style; in a notebook, also render figures as retina PNG."""
+    """Apply the book's style; in a notebook, also render figures as retina PNG.
+
+    A label with a character the font lacks (CJK text, say) becomes an error instead of an empty box.
+    """
+    warnings.filterwarnings("error", message=r"Glyph \d+ .*missing from")
     mpl.rcParams.update({
         "figure.figsize": (6.4, 4.0), "figure.dpi": 100, "savefig.dpi": 200,
         "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,

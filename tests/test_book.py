@@ -1,0 +1,54 @@
+"""The book's files: every chapter is in the TOC, stored without outputs, installs normlib from
+the one repository URL in _config.yml, and never installs torch (Colab ships its own)."""
+import json
+import pathlib
+import re
+import sys
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from toc_notebooks import notebooks  # noqa: E402
+
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+REPO_URL = CONFIG["repository"]["url"].rstrip("/")
+CHAPTERS = sorted((ROOT / "book").glob("*.ipynb"))
+
+
+def _code_cells(path):
+    cells = json.loads(path.read_text())["cells"]
+    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+
+
+def test_every_chapter_is_in_the_toc():
+    listed = {ROOT / p for p in notebooks()}
+    assert set(CHAPTERS) == listed
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_stored_without_outputs(path):
+    cells = json.loads(path.read_text())["cells"]
+    assert not any(c.get("outputs") for c in cells if c["cell_type"] == "code"), \
+        f"strip it: python scripts/strip_outputs.py {path.relative_to(ROOT)}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_first_cell_installs_normlib_from_the_configured_repository(path):
+    first = _code_cells(path)[0]
+    urls = re.findall(r"git\+(https?://[^\"'\s@]+)", first)
+    assert urls == [REPO_URL], f"the install cell must use git+{REPO_URL} (from _config.yml)"
+    assert 'find_spec("normlib") is None' in first   # installs only when missing
+    code = "\n".join(line.split("#")[0] for line in first.splitlines())   # comments may say so
+    assert not re.search(r"\btorch\b", code), "the install cell must never install or pin torch"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_setup_cell_uses_the_shared_setup(path):
+    assert "lab.setup(" in _code_cells(path)[1]
+
+
+def test_bibliography_files_exist():
+    for bib in CONFIG["bibtex_bibfiles"]:
+        assert (ROOT / bib).exists(), bib
