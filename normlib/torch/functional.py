@@ -4,6 +4,7 @@ Each function checks its input with `normlib.axes` (the checks and messages the 
 uses too) and calls one of the two layouts of the core in `core.py`, autograd.Functions with
 hand-written backward passes.
 """
+import os
 from math import prod
 from typing import List, Optional
 
@@ -14,6 +15,24 @@ from .. import axes as ax
 from .core import channel_norm, compute_dtype, feature_norm
 
 __all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"]
+
+_KERNELS = []   # [module or None] once the first CUDA tensor asked for the Triton kernels
+
+
+def _triton_kernels(x):
+    """normlib.torch.triton_norm for CUDA float16/bfloat16/float32 input when Triton imports (and
+    NORMLIB_DISABLE_TRITON is unset); else None, and the composite autograd path is used."""
+    if not x.is_cuda or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return None
+    if not _KERNELS:
+        try:
+            if os.environ.get("NORMLIB_DISABLE_TRITON"):
+                raise ImportError("disabled by NORMLIB_DISABLE_TRITON")
+            from . import triton_norm
+            _KERNELS.append(triton_norm)
+        except ImportError:
+            _KERNELS.append(None)
+    return _KERNELS[0]
 
 
 def _check_params(name, feature_shape, **params):
@@ -96,6 +115,9 @@ def layer_norm(input: Tensor, normalized_shape: List[int], weight: Optional[Tens
     ax.layer_norm_axes(shape, normalized_shape)
     nshape = ax.normalized_shape_tuple(normalized_shape)
     _check_params("layer_norm", nshape, weight=weight, bias=bias)
+    kernels = _triton_kernels(input)
+    if kernels is not None:
+        return kernels.triton_norm(input, weight, bias, prod(nshape), eps)
     return feature_norm(input, weight, bias, prod(nshape), eps)
 
 
@@ -113,6 +135,9 @@ def rms_norm(input: Tensor, normalized_shape: List[int], weight: Optional[Tensor
     _check_params("rms_norm", nshape, weight=weight)
     if eps is None:
         eps = torch.finfo(compute_dtype(input.dtype)).eps
+    kernels = _triton_kernels(input)
+    if kernels is not None:
+        return kernels.triton_norm(input, weight, None, prod(nshape), eps, center=False)
     return feature_norm(input, weight, None, prod(nshape), eps, center=False)
 
 
