@@ -91,8 +91,9 @@ def broken_links(root):
     return broken
 
 
-def check_page(page, url, mathjax_dir):
-    """Problems found on one page (a list of strings; empty means fine)."""
+def check_page(page, url, mathjax_dir, notebook=False):
+    """Problems found on one page (a list of strings; empty means fine). Chapter notebooks must
+    also offer the Colab and Binder launch buttons."""
     problems = []
     page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
@@ -101,6 +102,9 @@ def check_page(page, url, mathjax_dir):
     broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && "
                            "i.naturalWidth > 0)).map(i => i.src)")
     problems += [f"image not loaded: {src}" for src in broken]
+    for host in ("colab.research.google.com", "mybinder.org") if notebook else ():
+        if page.locator(f'a[href*="{host}"]').count() == 0:
+            problems.append(f"no launch button for {host}")
     if page.locator(".math").count() > 0:
         page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise",
                                timeout=20000)
@@ -155,7 +159,8 @@ def main():
         context.route("**/*", route)
         for rel in pages():
             page = context.new_page()
-            problems = check_page(page, base + rel, mathjax_dir)
+            is_notebook = (ROOT / rel).with_suffix(".ipynb").exists()
+            problems = check_page(page, base + rel, mathjax_dir, is_notebook)
             if rel in args.shot_pages:
                 name = pathlib.Path(rel).stem + ".png"
                 page.screenshot(path=str(shots / name), full_page=True)
