@@ -171,11 +171,9 @@ class _FeatureNorm(torch.autograd.Function):
             return None, dweight, dbias, None, None, None
         # dx = rstd * (dxhat - <dxhat> - xhat * <dxhat * xhat>), dxhat = dy * w, <.> row means
         mean_dxhat_xhat = (dx.sum(dim=1) if w is None else dx @ w).unsqueeze(1) / d   # M, 1
+        torch.mul(xhat, mean_dxhat_xhat.neg_(), out=dx)                  # - xhat * <.>
         if center:
-            mean_dxhat = (dy2.sum(dim=1) if w is None else dy2 @ w).unsqueeze(1) / d  # M, 1
-            torch.mul(xhat, mean_dxhat_xhat, out=dx).add_(mean_dxhat).neg_()
-        else:
-            torch.mul(xhat, mean_dxhat_xhat, out=dx).neg_()
+            dx.sub_((dy2.sum(dim=1) if w is None else dy2 @ w).unsqueeze(1) / d)   # - <dxhat>
         dx = dx.add_(dy2) if w is None else dx.addcmul_(dy2, w)
         dx.mul_(rstd)
         return dx.reshape(x_shape).to(x_dtype), dweight, dbias, None, None, None
