@@ -2,6 +2,8 @@
 from . import functional
 from .modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d,
                       InstanceNorm2d, InstanceNorm3d, LayerNorm, RMSNorm)
+from .sync_batchnorm import SyncBatchNorm
 
 __all__ = ["functional", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm",
-           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "RMSNorm"]
+           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "RMSNorm",
+           "SyncBatchNorm"]
