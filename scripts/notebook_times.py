@@ -39,6 +39,7 @@ def run(path):
 
 def main():
     os.environ.setdefault("NORMBOOK_QUIET", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # as scripts/test.sh
     chosen = sys.argv[1:]
     paths = [ROOT / p for p in notebooks() if not chosen or pathlib.Path(p).stem in chosen]
     try:

@@ -3,6 +3,7 @@
 # Extra arguments go to pytest (e.g. -x, -k layer_norm).
 set -euo pipefail
 export NORMBOOK_QUIET=1   # no progress bars in test output or the built book
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}   # idle threads sleep: a busy machine stays fast
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 py=.venv/bin/python
