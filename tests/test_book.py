@@ -52,3 +52,10 @@ def test_setup_cell_uses_the_shared_setup(path):
 def test_bibliography_files_exist():
     for bib in CONFIG["bibtex_bibfiles"]:
         assert (ROOT / bib).exists(), bib
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_first_use_of_each_glossary_term_links_the_glossary(path):
+    import link_glossary
+    todo = link_glossary.link(path, write=False)
+    assert not todo, f"run: python scripts/link_glossary.py  (unlinked: {', '.join(todo)})"
