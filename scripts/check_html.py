@@ -171,8 +171,9 @@ def main():
                 print(f"     {msg}")
         browser.close()
     server.shutdown()
-    print(f"check_html: {len(pages()) - failures} passed, {failures} failed, "
-          f"{len(links)} broken internal links")
+    print(f"broken internal links: {len(links)}")
+    failures += bool(links)
+    print(f"check_html: {len(pages()) + 1 - failures} passed, {failures} failed")
     sys.exit(1 if failures or links else 0)
 
 
