@@ -59,3 +59,16 @@ def test_first_use_of_each_glossary_term_links_the_glossary(path):
     import link_glossary
     todo = link_glossary.link(path, write=False)
     assert not todo, f"run: python scripts/link_glossary.py  (unlinked: {', '.join(todo)})"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_prose_has_no_control_characters(path):
+    """A LaTeX command written in a non-raw Python string loses its backslash: '\\beta' becomes a
+    backspace and 'eta', '\\rangle' a line break and 'angle'. None of these belongs in prose."""
+    cells = json.loads(path.read_text())["cells"]
+    for i, cell in enumerate(cells):
+        text = "".join(cell["source"])
+        if cell["cell_type"] == "markdown":
+            bad = [c for c in "\x07\x08\x0b\x0c\r\t" if c in text]
+            assert not bad, f"cell {i}: control characters {bad!r}"
+            assert not re.search(r"(?<!\\)\n(angle|ight|ho\b)", text), f"cell {i}: lost \\r"
