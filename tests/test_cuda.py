@@ -15,20 +15,27 @@ MODULES = [
 ]
 
 
+@pytest.mark.parametrize("params", ["float32", "input dtype"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("make, shape", MODULES)
-def test_cuda_matches_torch_nn(make, shape, dtype):
+def test_cuda_matches_torch_nn(make, shape, dtype, params):
     torch.manual_seed(0)
     ours, theirs = make(nt).cuda(), make(torch.nn).cuda()
     x = (torch.randn(shape, device="cuda") * 2 + 3).to(dtype)
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    xa = x.clone().requires_grad_()
+    if params == "input dtype":        # the whole module cast, as model.half() does
+        ours.to(dtype)
+        theirs.to(dtype)
+        xb = x.clone().requires_grad_()
+    else:   # half input, float32 parameters (autocast's case); torch.nn's LayerNorm and GroupNorm
+        xb = x.float().requires_grad_()   # refuse that mix on CUDA, so the oracle runs in float32
     ya, yb = ours(xa), theirs(xb)
     assert ya.dtype == dtype and ya.device.type == "cuda"
     tol = dict(rtol=1e-3, atol=1e-3) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
     torch.testing.assert_close(ya.float(), yb.float(), **tol)
     dy = torch.randn_like(ya)
     ya.backward(dy)
-    yb.backward(dy)
+    yb.backward(dy.to(yb.dtype))
     torch.testing.assert_close(xa.grad.float(), xb.grad.float(), **tol)
     for pa, pb in zip(ours.parameters(), theirs.parameters()):
         torch.testing.assert_close(pa.grad.float(), pb.grad.float(), rtol=3e-2, atol=3e-1)
