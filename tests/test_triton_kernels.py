@@ -30,11 +30,12 @@ def _reference(x, w, b, eps, center):
     return y + b.double() if b is not None else y
 
 
-def _run(n, dtype, center, rows=3, wide=False, monkeypatch=None):
-    if wide:   # force the chunked path on small rows
-        monkeypatch.setattr(triton_norm, "MAX_FUSED_BYTES", 16)
+def _run(n, dtype, center, rows=3, patches=(), monkeypatch=None, pad=0):
+    for name, value in patches:   # e.g. lower the width thresholds to reach the wide-row paths
+        monkeypatch.setattr(triton_norm, name, value)
     gen = torch.Generator().manual_seed(n)
-    x = (torch.randn(rows, n, generator=gen) * 2 + 3).to(DEVICE, dtype).requires_grad_()
+    x = (torch.randn(rows, n + pad, generator=gen) * 2 + 3).to(DEVICE, dtype)[:, :n]   # strided
+    x.requires_grad_()
     w = torch.randn(n, generator=gen).to(DEVICE, dtype).requires_grad_()
     b = torch.randn(n, generator=gen).to(DEVICE, dtype).requires_grad_() if center else None
     eps = 1e-5
@@ -69,7 +70,43 @@ def test_kernels_match_torch(n, dtype, center):
 
 @pytest.mark.parametrize("center", [True, False], ids=["layer_norm", "rms_norm"])
 def test_chunked_path_for_wide_rows(center, monkeypatch):
-    _run(50, torch.float32, center, rows=5, wide=True, monkeypatch=monkeypatch)
+    patches = [("MAX_FUSED_BYTES", 16), ("CHUNK_N", 16)]          # 50 columns in 4 chunks
+    _run(50, torch.float32, center, rows=5, patches=patches, monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("center", [True, False], ids=["layer_norm", "rms_norm"])
+def test_two_kernel_backward_for_wide_rows(center, monkeypatch):
+    patches = [("FUSED_BACKWARD_N", 16), ("DW_BLOCK_M", 4), ("DW_BLOCK_N", 16)]   # tiles 4 x 16
+    _run(50, torch.float32, center, rows=37, patches=patches, monkeypatch=monkeypatch, pad=3)
+
+
+@pytest.mark.parametrize("center", [True, False], ids=["layer_norm", "rms_norm"])
+def test_fused_backward_walks_row_tiles(center):
+    _run(257, torch.float32, center, rows=37, pad=5)   # tiles of 8 rows, some programs take two
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "two_kernel"])
+@pytest.mark.parametrize("center", [True, False], ids=["layer_norm", "rms_norm"])
+def test_without_weight_or_bias_and_without_rows(center, fused, monkeypatch):
+    if not fused:
+        monkeypatch.setattr(triton_norm, "FUSED_BACKWARD_N", 0)
+    x = torch.randn(6, 40, device=DEVICE, requires_grad=True)
+    b = torch.randn(40, device=DEVICE, requires_grad=True) if center else None
+    y = triton_norm.triton_norm(x, None, b, 40, 1e-5, center)
+    x2 = x.detach().clone().requires_grad_()
+    b2 = b.detach().clone().requires_grad_() if center else None
+    y2 = (torch.nn.functional.layer_norm(x2, [40], None, b2) if center
+          else torch.nn.functional.rms_norm(x2, [40], None, 1e-5))
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    y2.backward(dy)
+    torch.testing.assert_close(x.grad, x2.grad, **TOL[torch.float32])
+    if center:
+        torch.testing.assert_close(b.grad, b2.grad, **TOL[torch.float32])
+    w = torch.randn(40, device=DEVICE, requires_grad=True)
+    empty = torch.zeros(0, 40, device=DEVICE, requires_grad=True)
+    triton_norm.triton_norm(empty, w, b, 40, 1e-5, center).sum().backward()
+    assert empty.grad.shape == (0, 40) and not w.grad.any()
 
 
 def test_offset_rows_keep_float32_accuracy():

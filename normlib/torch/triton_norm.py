@@ -1,6 +1,6 @@
 """Fused Triton kernels for LayerNorm and RMSNorm (forward and backward), used for CUDA tensors.
 
-The math is the core's (see `core.py`), one row of x (M, N) per program:
+The math is the core's (see `core.py`), on x viewed as (M, N) rows:
 
     forward:   mean = Σx / N (0 for RMSNorm),  var = Σ(x - mean)² / N,  rstd = 1 / sqrt(var + eps)
                xhat = (x - mean) * rstd,       y = xhat * w + b
@@ -8,19 +8,28 @@ The math is the core's (see `core.py`), one row of x (M, N) per program:
                dx = (wdy - (xhat * c1 + c2)) * rstd
                dw = Σ_rows dy * xhat,  db = Σ_rows dy
 
-The forward reads x once when a row fits on chip (BLOCK_N >= N) and keeps it in registers; wider rows
-are streamed in chunks (mean, then variance, then output: three reads that L2 mostly serves). Mean
-and rstd are stored in float32 for the backward, which recomputes xhat instead of reading it.
-The backward runs a persistent grid (about one program per SM): each program walks its rows and
-accumulates float32 partial sums of dw and db, which a small torch reduction over programs finishes.
-Statistics are float32 for every input dtype. Importing this module imports triton: callers import
-it lazily (normlib.torch.functional does).
+The forward runs one program per row. It reads x once when a row fits on chip (MAX_FUSED_BYTES) and
+keeps it in registers; wider rows are streamed in CHUNK_N-wide chunks (mean, then variance, then
+output: three reads that L2 mostly serves). Mean and rstd are stored in float32 for the backward,
+which recomputes xhat instead of reading it.
+
+The backward has two plans, because dw and db sum over rows while dx needs sums over a row:
+- narrow rows (N <= FUSED_BACKWARD_N): one persistent kernel, a few programs per SM, each walking
+  tiles of BLOCK_M rows. It writes dx and keeps float32 partial sums of dw and db in registers, one
+  per program, which a small torch reduction over programs finishes. x and dy are read once.
+- wide rows: whole-row accumulators would not fit in registers (they spill to memory and the kernel
+  crawls), so dx comes from a kernel with one program per row and no accumulators, and dw, db from a
+  second kernel that tiles the columns and sums down the rows. x and dy are read twice, all streams.
+Statistics and sums are float32 for every input dtype. Importing this module imports triton:
+callers import it lazily (normlib.torch.functional does).
 """
 import torch
 import triton
 import triton.language as tl
 
 MAX_FUSED_BYTES = 65536   # rows up to this size (in the input dtype) stay in registers
+CHUNK_N = 4096            # wider rows are streamed in chunks of this many columns
+FUSED_BACKWARD_N = 4096   # rows up to this width get the one-kernel backward
 
 
 @triton.jit
@@ -29,7 +38,7 @@ def _forward_kernel(X, Y, W, B, Mean, Rstd,   # pointers: x, y (M, N); w, b (N);
                     N, eps,                    # row width, epsilon
                     HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr,
                     BLOCK_N: tl.constexpr, ONE_BLOCK: tl.constexpr):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)
     X += row * stride_x
     Y += row * stride_y
     if ONE_BLOCK:                                                   # the row lives in registers
@@ -45,7 +54,7 @@ def _forward_kernel(X, Y, W, B, Mean, Rstd,   # pointers: x, y (M, N); w, b (N);
         if HAS_B:
             y = y + tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(Y + cols, y.to(Y.dtype.element_ty), mask=mask)
-    else:                                                           # wide rows, chunk by chunk
+    else:                                                           # wide rows, CHUNK_N at a time
         mean = 0.0
         if CENTER:
             acc = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -76,89 +85,130 @@ def _forward_kernel(X, Y, W, B, Mean, Rstd,   # pointers: x, y (M, N); w, b (N);
 
 @triton.jit
 def _backward_kernel(X, DY, DX, W, Mean, Rstd,   # pointers: x, dy, dx (M, N); w (N); mean, rstd (M)
-                     DW, DB,                      # partial sums (programs, N), float32
+                     DW, DB,                      # float32 partial sums (programs, N) of dw, db
                      stride_x, stride_dy, stride_dx,
                      M, N,
-                     HAS_W: tl.constexpr, CENTER: tl.constexpr, BLOCK_N: tl.constexpr,
-                     ONE_BLOCK: tl.constexpr):
+                     HAS_W: tl.constexpr, CENTER: tl.constexpr,
+                     HAS_DW: tl.constexpr, HAS_DB: tl.constexpr,   # accumulate dw, db here
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ONE_BLOCK: tl.constexpr):
     pid = tl.program_id(0)
-    programs = tl.num_programs(0)
     if ONE_BLOCK:
-        cols = tl.arange(0, BLOCK_N)
-        mask = cols < N
-        w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32) if HAS_W else 1.0
-        dw = tl.zeros([BLOCK_N], dtype=tl.float32)
-        db = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for row in range(pid, M, programs):
-            x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-            rstd = tl.load(Rstd + row)
-            xhat = tl.where(mask, (x - tl.load(Mean + row)) * rstd, 0.0)
+        cols = tl.arange(0, BLOCK_N)[None, :]                                     # 1, BLOCK_N
+        w = tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32) if HAS_W else 1.0
+    dw = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for start in range(pid * BLOCK_M, M, tl.num_programs(0) * BLOCK_M):   # tiles of BLOCK_M rows
+        rows = start + tl.arange(0, BLOCK_M).to(tl.int64)                      # BLOCK_M
+        mean = tl.load(Mean + rows, mask=rows < M, other=0.0)[:, None]          # BLOCK_M, 1
+        rstd = tl.load(Rstd + rows, mask=rows < M, other=0.0)[:, None]
+        rows = rows[:, None]
+        if ONE_BLOCK:                                   # the rows live in registers
+            mask = (rows < M) & (cols < N)                                        # BLOCK_M, BLOCK_N
+            x = tl.load(X + rows * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(DY + rows * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+            xhat = (x - mean) * rstd                    # masked lanes: dy = 0 cancels them
             wdy = w * dy
-            c1 = tl.sum(xhat * wdy, axis=0) / N
-            dx = wdy - xhat * c1
-            if CENTER:
-                dx -= tl.sum(wdy, axis=0) / N
-            tl.store(DX + row * stride_dx + cols, (dx * rstd).to(DX.dtype.element_ty), mask=mask)
-            dw += dy * xhat
+            c1 = tl.sum(xhat * wdy, axis=1)[:, None] / N                         # BLOCK_M, 1
+            c2 = tl.sum(wdy, axis=1)[:, None] / N if CENTER else 0.0
+            dx = (wdy - (xhat * c1 + c2)) * rstd
+            tl.store(DX + rows * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+            if HAS_DW:
+                dw += dy * xhat
+            if HAS_DB:
+                db += dy
+        else:                                           # wide rows: the sums, then dx, by chunks
+            sum1 = tl.zeros([BLOCK_M], dtype=tl.float32)
+            sum2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for col in range(0, N, BLOCK_N):
+                cols = col + tl.arange(0, BLOCK_N)[None, :]
+                mask = (rows < M) & (cols < N)
+                x = tl.load(X + rows * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+                dy = tl.load(DY + rows * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+                w = tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32) if HAS_W else 1.0
+                sum1 += tl.sum((x - mean) * rstd * w * dy, axis=1)
+                sum2 += tl.sum(w * dy, axis=1)
+            c1 = sum1[:, None] / N
+            c2 = sum2[:, None] / N if CENTER else 0.0
+            for col in range(0, N, BLOCK_N):
+                cols = col + tl.arange(0, BLOCK_N)[None, :]
+                mask = (rows < M) & (cols < N)
+                x = tl.load(X + rows * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+                dy = tl.load(DY + rows * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+                w = tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32) if HAS_W else 1.0
+                dx = (w * dy - ((x - mean) * rstd * c1 + c2)) * rstd
+                tl.store(DX + rows * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+    if HAS_DW:
+        cols = tl.arange(0, BLOCK_N)
+        tl.store(DW + pid * N + cols, tl.sum(dw, axis=0), mask=cols < N)
+    if HAS_DB:
+        cols = tl.arange(0, BLOCK_N)
+        tl.store(DB + pid * N + cols, tl.sum(db, axis=0), mask=cols < N)
+
+
+@triton.jit
+def _dw_db_kernel(X, DY, Mean, Rstd,   # pointers: x, dy (M, N); mean, rstd (M)
+                  DW, DB,              # float32 partial sums (groups, N) of dw, db
+                  stride_x, stride_dy,
+                  M, N,
+                  HAS_DW: tl.constexpr, HAS_DB: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)     # BLOCK_N: this program's columns
+    group = tl.program_id(1)                                      # ... summed over this row group
+    dw = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for start in range(group * BLOCK_M, M, tl.num_programs(1) * BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M).to(tl.int64)                        # BLOCK_M
+        mask = (rows[:, None] < M) & (cols[None, :] < N)                          # BLOCK_M, BLOCK_N
+        dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0)
+        dy = dy.to(tl.float32)
+        if HAS_DW:
+            x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+            mean = tl.load(Mean + rows, mask=rows < M, other=0.0)[:, None]
+            rstd = tl.load(Rstd + rows, mask=rows < M, other=0.0)[:, None]
+            dw += dy * (x.to(tl.float32) - mean) * rstd                            # dy * xhat
+        if HAS_DB:
             db += dy
-        tl.store(DW + pid * N + cols, dw, mask=mask)
-        tl.store(DB + pid * N + cols, db, mask=mask)
-    else:   # wide rows: two passes per row; partial sums stay in this program's row of DW/DB
-        for start in range(0, N, BLOCK_N):
-            cols = start + tl.arange(0, BLOCK_N)
-            tl.store(DW + pid * N + cols, tl.zeros([BLOCK_N], dtype=tl.float32), mask=cols < N)
-            tl.store(DB + pid * N + cols, tl.zeros([BLOCK_N], dtype=tl.float32), mask=cols < N)
-        for row in range(pid, M, programs):
-            mean = tl.load(Mean + row)
-            rstd = tl.load(Rstd + row)
-            acc1 = tl.zeros([BLOCK_N], dtype=tl.float32)
-            acc2 = tl.zeros([BLOCK_N], dtype=tl.float32)
-            for start in range(0, N, BLOCK_N):
-                cols = start + tl.arange(0, BLOCK_N)
-                mask = cols < N
-                x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-                dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-                w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32) if HAS_W else 1.0
-                xhat = tl.where(mask, (x - mean) * rstd, 0.0)
-                acc1 += xhat * w * dy
-                acc2 += w * dy
-            c1 = tl.sum(acc1, axis=0) / N
-            c2 = tl.sum(acc2, axis=0) / N if CENTER else 0.0
-            for start in range(0, N, BLOCK_N):
-                cols = start + tl.arange(0, BLOCK_N)
-                mask = cols < N
-                x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-                dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-                w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32) if HAS_W else 1.0
-                xhat = tl.where(mask, (x - mean) * rstd, 0.0)
-                dx = (w * dy - (xhat * c1 + c2)) * rstd
-                tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
-                dw_old = tl.load(DW + pid * N + cols, mask=mask, other=0.0)
-                db_old = tl.load(DB + pid * N + cols, mask=mask, other=0.0)
-                tl.store(DW + pid * N + cols, dw_old + dy * xhat, mask=mask)
-                tl.store(DB + pid * N + cols, db_old + dy, mask=mask)
+    if HAS_DW:
+        tl.store(DW + group * N + cols, tl.sum(dw, axis=0), mask=cols < N)
+    if HAS_DB:
+        tl.store(DB + group * N + cols, tl.sum(db, axis=0), mask=cols < N)
 
 
 def _block(n, element_size):
-    """(BLOCK_N, ONE_BLOCK): the whole row when it fits in MAX_FUSED_BYTES, else 4096-wide chunks."""
+    """(BLOCK_N, ONE_BLOCK): the whole row when it fits in MAX_FUSED_BYTES, else CHUNK_N chunks."""
     full = triton.next_power_of_2(max(n, 1))
     if full * element_size <= MAX_FUSED_BYTES:
         return full, True
-    return min(4096, full), False
+    return min(CHUNK_N, full), False
 
 
-def _warps(block_n):
-    """More warps for wider blocks, as Triton's tutorial does."""
-    return min(max(block_n // 256, 1), 16)
+def _warps(block_size):
+    """More warps for bigger blocks, as Triton's tutorial does."""
+    return min(max(block_size // 256, 1), 16)
 
 
-def _programs(x, m):
-    """The persistent backward grid: about 4 programs per SM on a GPU, few in the interpreter."""
-    if x.is_cuda:
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-        return max(1, min(m, 4 * sms))
-    return max(1, min(m, 4))
+def _sms(x):
+    """Streaming multiprocessors on x's GPU; 1 in the interpreter."""
+    return torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
+
+
+def _fused_backward_grid(x, m, block_n):
+    """(BLOCK_M, num_warps, programs) of the one-kernel backward: tiles of 4096 values.
+
+    Narrow rows are stacked BLOCK_M to a tile, so each step of a program has 4096 values in flight,
+    with few warps (32 values a thread): fewer threads meet in each row sum. About 4 programs per
+    SM; each writes one row of dw and db partial sums."""
+    block_m = max(1, 4096 // block_n)
+    programs = min(triton.cdiv(m, block_m), 4 * _sms(x))
+    return block_m, max(4, block_n // 512), programs
+
+
+DW_BLOCK_M, DW_BLOCK_N, DW_WARPS = 32, 128, 4   # _dw_db_kernel's tile: 32 rows of 128 columns
+
+
+def _dw_db_groups(x, m, n):
+    """Row groups of _dw_db_kernel: about 8 programs per SM in all."""
+    return min(triton.cdiv(m, DW_BLOCK_M), max(1, 8 * _sms(x) // triton.cdiv(n, DW_BLOCK_N)))
 
 
 class _TritonNorm(torch.autograd.Function):
@@ -196,21 +246,32 @@ class _TritonNorm(torch.autograd.Function):
             dy2 = dy2.contiguous()
         m = x2.shape[0]
         dx = torch.empty_like(x2, memory_format=torch.contiguous_format)
-        programs = _programs(x2, m)
-        dw_part = torch.zeros(programs, n, dtype=torch.float32, device=x2.device)
-        db_part = torch.zeros(programs, n, dtype=torch.float32, device=x2.device)
+        has_dw = weight is not None and ctx.needs_input_grad[1]
+        has_db = bias_meta is not None and ctx.needs_input_grad[2]
         block_n, one_block = _block(n, x2.element_size())
+        fused = one_block and n <= FUSED_BACKWARD_N
+        if fused:    # dx, dw, db in one kernel, dw and db as partial sums per program
+            block_m, warps, programs = _fused_backward_grid(x2, m, block_n)
+            parts = programs
+        else:        # dx with one program per row, then dw, db by _dw_db_kernel
+            block_m, warps, programs = 1, _warps(block_n), m
+            parts = _dw_db_groups(x2, m, n)
+        dw_part = torch.empty(parts, n, dtype=torch.float32, device=x2.device) if has_dw else dx
+        db_part = torch.empty(parts, n, dtype=torch.float32, device=x2.device) if has_db else dx
         if m > 0:
             _backward_kernel[(programs,)](
                 x2, dy2, dx, weight if weight is not None else x2, mean, rstd, dw_part, db_part,
                 x2.stride(0), dy2.stride(0), dx.stride(0), m, n,
-                HAS_W=weight is not None, CENTER=center, BLOCK_N=block_n, ONE_BLOCK=one_block,
-                num_warps=_warps(block_n))
-        dweight = dbias = None
-        if weight is not None and ctx.needs_input_grad[1]:
-            dweight = dw_part.sum(0).to(weight.dtype).reshape(weight.shape)
-        if bias_meta is not None and ctx.needs_input_grad[2]:
-            dbias = db_part.sum(0).to(bias_meta[1]).reshape(bias_meta[0])
+                HAS_W=weight is not None, CENTER=center, HAS_DW=fused and has_dw,
+                HAS_DB=fused and has_db, BLOCK_M=block_m, BLOCK_N=block_n, ONE_BLOCK=one_block,
+                num_warps=warps)
+            if not fused and (has_dw or has_db):
+                _dw_db_kernel[(triton.cdiv(n, DW_BLOCK_N), parts)](
+                    x2, dy2, mean, rstd, dw_part, db_part, x2.stride(0), dy2.stride(0), m, n,
+                    HAS_DW=has_dw, HAS_DB=has_db, BLOCK_M=DW_BLOCK_M, BLOCK_N=DW_BLOCK_N,
+                    num_warps=DW_WARPS)
+        dweight = dw_part.sum(0).to(weight.dtype).reshape(weight.shape) if has_dw else None
+        dbias = db_part.sum(0).to(bias_meta[1]).reshape(bias_meta[0]) if has_db else None
         return dx.reshape(x_shape), dweight, dbias, None, None, None
 
 
