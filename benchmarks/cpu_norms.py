@@ -1,7 +1,10 @@
 """CPU benchmark: normlib.torch vs torch.nn (forward + backward) and normlib.numpy (forward).
 
 Prints a table of median milliseconds and ratios. Targets: normlib.torch within 2x of torch.nn,
-the NumPy reference within 3x of torch.nn's forward.
+the NumPy reference within 3x of torch.nn's forward. The two sides of a ratio are timed in
+alternation, one call each per round, and the ratio is the median over rounds of the per-round
+ratios: a shared or throttled machine slows both sides of a round alike, so the ratio holds still
+while the milliseconds wander.
 
     python benchmarks/cpu_norms.py [--repeat 20] [--threads 2]
 """
@@ -27,16 +30,20 @@ CASES = [  # name, input shape, module factory (given nt or torch.nn), NumPy for
 ]
 
 
-def median_ms(fn, repeat, warmup=3):
-    """Median wall time of fn() in milliseconds."""
+def _ms(fn):
+    t0 = time.perf_counter()
+    fn()
+    return 1e3 * (time.perf_counter() - t0)
+
+
+def paired_ms(ref, ours, repeat, warmup=3):
+    """(median ms of ref, median ms of ours, median of the per-round ratios ours/ref)."""
     for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+        ref()
+        ours()
+    rounds = [(_ms(ref), _ms(ours)) for _ in range(repeat)]
+    return (statistics.median(r for r, _ in rounds), statistics.median(o for _, o in rounds),
+            statistics.median(o / r for r, o in rounds))
 
 
 def fwd_bwd(module, x, dy):
@@ -55,7 +62,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, numpy {np.__version__}, {args.threads} threads, "
-          f"float32, median of {args.repeat}\n")
+          f"float32, median of {args.repeat} alternating rounds\n")
     head = (f"{'layer':<13} {'shape':<18} {'torch.nn f+b':>12} {'normlib f+b':>12} {'ratio':>6} "
             f"{'torch.nn fwd':>12} {'numpy fwd':>10} {'ratio':>6}")
     print(head)
@@ -64,15 +71,16 @@ def main():
         x = torch.randn(shape, requires_grad=True)
         dy = torch.randn(shape)
         ref, ours = make(torch.nn), make(nt)
-        t_ref = median_ms(fwd_bwd(ref, x, dy), args.repeat)
-        t_ours = median_ms(fwd_bwd(ours, x, dy), args.repeat)
-        with torch.no_grad():
-            t_ref_fwd = median_ms(lambda: ref(x), args.repeat)
+        t_ref, t_ours, ratio = paired_ms(fwd_bwd(ref, x, dy), fwd_bwd(ours, x, dy), args.repeat)
         xn = x.detach().numpy()
         w, b = np.ones(ref.weight.shape, np.float32), np.zeros(ref.weight.shape, np.float32)
-        t_np = median_ms(lambda: np_fwd(xn, w, b), args.repeat)
-        print(f"{name:<13} {str(shape):<18} {t_ref:>10.2f}ms {t_ours:>10.2f}ms {t_ours / t_ref:>6.2f} "
-              f"{t_ref_fwd:>10.2f}ms {t_np:>8.2f}ms {t_np / t_ref_fwd:>6.2f}")
+
+        def ref_fwd():
+            with torch.no_grad():
+                ref(x)
+        t_ref_fwd, t_np, np_ratio = paired_ms(ref_fwd, lambda: np_fwd(xn, w, b), args.repeat)
+        print(f"{name:<13} {str(shape):<18} {t_ref:>10.2f}ms {t_ours:>10.2f}ms {ratio:>6.2f} "
+              f"{t_ref_fwd:>10.2f}ms {t_np:>8.2f}ms {np_ratio:>6.2f}")
 
 
 if __name__ == "__main__":

@@ -89,6 +89,38 @@ MODULES = {
 }
 
 
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize("params", ["weight and bias", "weight", "none"])
+def test_layer_and_rms_norm_over_several_row_blocks(monkeypatch, center, params):
+    """On the CPU rows are walked in blocks (core.BLOCK_BYTES); a ragged set of blocks must give
+    torch's answer and pass gradcheck, and dx alone or the parameters alone must be right too."""
+    from normlib.torch import core
+    monkeypatch.setattr(core, "BLOCK_BYTES", 3 * 5 * 8)                  # 3 rows of 5 float64
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 4, 5, generator=gen, dtype=torch.float64) * 2 + 3).requires_grad_()
+    assert [(b.start, b.stop) for b in core._row_blocks(x.detach().reshape(-1, 5))] == \
+        [(0, 3), (3, 6), (6, 8)]
+    w = (torch.rand(5, generator=gen, dtype=torch.float64) + 0.5).requires_grad_() \
+        if params != "none" else None
+    b = torch.randn(5, generator=gen, dtype=torch.float64).requires_grad_() \
+        if params == "weight and bias" and center else None
+    ours = (lambda x, w, b: F.layer_norm(x, (5,), w, b)) if center else \
+        (lambda x, w, b: F.rms_norm(x, (5,), w, eps=1e-6))
+    theirs = (lambda x, w, b: TF.layer_norm(x, (5,), w, b)) if center else \
+        (lambda x, w, b: TF.rms_norm(x, (5,), w, eps=1e-6))
+    inputs = [t for t in (x, w, b) if t is not None]
+    dy = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    ya, yb = ours(x, w, b), theirs(x, w, b)
+    torch.testing.assert_close(ya, yb)
+    for ga, gb in zip(torch.autograd.grad(ya, inputs, dy), torch.autograd.grad(yb, inputs, dy)):
+        torch.testing.assert_close(ga, gb)
+    assert torch.autograd.gradcheck(lambda *t: ours(*t, *(None,) * (3 - len(t))), inputs)
+    for wanted in inputs:   # one gradient at a time: the others are skipped, this one still right
+        ga, = torch.autograd.grad(ours(x, w, b), wanted, dy)
+        gb, = torch.autograd.grad(theirs(x, w, b), wanted, dy)
+        torch.testing.assert_close(ga, gb)
+
+
 @pytest.mark.parametrize("name", list(MODULES))
 def test_torch_norm_ops_are_never_called(name):
     m = MODULES[name]()

@@ -9,11 +9,14 @@ oracle, never the implementation):
   parameters are constant over the spatial axis S, so each pass is x op (a small (N, C, 1) tensor),
   in place where it can be.
 - `feature_norm` (LayerNorm, RMSNorm): x viewed as (M, D). Statistics are per row, parameters per
-  column; xhat is materialized and saved, and row sums weighted by the parameters are matrix-vector
-  products.
+  column. It saves x, mean and rstd (not xhat), recomputes xhat in the backward, and on the CPU walks
+  blocks of rows of about BLOCK_BYTES: the dozen passes of the composite formulas then run on data
+  still in the cache instead of streaming full tensors through memory each time (measured on a
+  2-core CPU: about 1.5x faster for (4096, 1024) forward + backward). Row sums weighted by the
+  parameters are an elementwise product and a row sum: a (M, D) @ (D,) product is slower on the CPU.
 
-On the CPU every composite op streams its operands through memory, so the code counts full-size
-passes: two forward and about five backward beyond the reductions. The variance is the mean of
+On the CPU every composite op streams its operands through memory, so the code counts passes and
+allocations: a fresh full-size tensor costs page faults on top of its pass. The variance is the mean of
 (x - mean)² — two passes, never E[x²] - E[x]² — taken as ‖x - mean‖² / n with
 `torch.linalg.vector_norm`, a plain reduction (sum of squares) that reads its input once without a
 temporary. Statistics are float32 for float16/bfloat16 input (float64 for float64); y returns in the
@@ -25,6 +28,8 @@ import torch
 from torch.linalg import vector_norm
 
 __all__ = ["compute_dtype", "channel_norm", "feature_norm"]
+
+BLOCK_BYTES = 2 ** 22   # CPU: rows are processed in blocks of about this many bytes (4 MiB)
 
 
 def compute_dtype(dtype):
@@ -135,48 +140,83 @@ def _group_mean(w_c, partial, groups, over_batch, count):
     return g.expand(1 if over_batch else n, groups, c // groups).reshape(-1, c, 1)
 
 
+def _row_blocks(x2):
+    """Slices of x2's rows (M, D) small enough that a block's temporaries stay in a CPU cache:
+    the several passes a composite formula makes then hit the cache, not main memory. One block
+    on other devices, where each op is a kernel launch."""
+    m, d = x2.shape
+    rows = max(1, BLOCK_BYTES // max(1, d * x2.element_size())) if x2.device.type == "cpu" else m
+    return [slice(start, min(start + rows, m)) for start in range(0, m, rows)] or [slice(0, 0)]
+
+
 class _FeatureNorm(torch.autograd.Function):
     """x (*, *normalized_shape) viewed as (M, D); statistics per row (mean skipped when not
-    `center`: RMSNorm); weight and bias of D values. Saves xhat (M, D) and rstd (M, 1).
+    `center`: RMSNorm); weight and bias of D values. Saves x, mean and rstd (M, 1); the backward
+    recomputes xhat. Both passes walk blocks of rows (`_row_blocks`).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, d, eps, center):
         cdt = compute_dtype(x.dtype)
         x2 = x.to(cdt).reshape(-1, d)                                     # M, D
-        xhat = x2 - x2.mean(dim=1, keepdim=True) if center else x2        # M, D
-        rstd = torch.rsqrt(_mean_square(xhat, (1,)).add_(eps))           # M, 1
-        xhat = xhat.mul_(rstd) if center else xhat * rstd
         w = None if weight is None else weight.to(cdt).reshape(d)
         b = None if bias is None else bias.to(cdt).reshape(d)
-        if w is not None:
-            y = xhat * w if b is None else torch.addcmul(b, xhat, w)
-        else:
-            y = xhat.clone() if b is None else xhat + b
-        ctx.save_for_backward(xhat, rstd, weight)
-        ctx.meta = (x.shape, x.dtype, center, _meta(weight), _meta(bias))
+        y = torch.empty_like(x2, memory_format=torch.contiguous_format)  # M, D
+        mean = x2.new_zeros(x2.shape[0], 1)                               # M, 1 (0: RMSNorm)
+        rstd = torch.empty_like(mean)                                     # M, 1
+        for rows in _row_blocks(x2):
+            xb, yb = x2[rows], y[rows]                                    # rows, D
+            if center:
+                torch.mean(xb, dim=1, keepdim=True, out=mean[rows])
+            torch.sub(xb, mean[rows], out=yb)                             # x - mean
+            torch.rsqrt(_mean_square(yb, (1,)).add_(eps), out=rstd[rows])
+            yb.mul_(rstd[rows])                                           # xhat
+            if w is not None and b is not None:
+                torch.addcmul(b, yb, w, out=yb)
+            elif w is not None:
+                yb.mul_(w)
+            elif b is not None:
+                yb.add_(b)
+        ctx.save_for_backward(x, mean, rstd, weight)
+        ctx.meta = (d, center, _meta(weight), _meta(bias))
         return y.reshape(x.shape).to(x.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        xhat, rstd, weight = ctx.saved_tensors
-        x_shape, x_dtype, center, weight_meta, bias_meta = ctx.meta
-        d = xhat.shape[1]
-        w = None if weight is None else weight.to(xhat.dtype).reshape(d)
-        dy2 = dy.to(xhat.dtype).reshape(-1, d)                            # M, D
-        dx = torch.mul(dy2, xhat)                                         # dy * xhat, then dx
-        dweight, dbias = _param_grads(ctx, dx.sum(dim=0), dy2.sum(dim=0), weight_meta, bias_meta)
-        if not ctx.needs_input_grad[0]:
-            return None, dweight, dbias, None, None, None
-        # dx = rstd * (dxhat - <dxhat> - xhat * <dxhat * xhat>), dxhat = dy * w, <.> row means
-        mean_dxhat_xhat = (dx.sum(dim=1) if w is None else dx @ w).unsqueeze(1) / d   # M, 1
-        torch.mul(xhat, mean_dxhat_xhat.neg_(), out=dx)                  # - xhat * <.>
-        if center:
-            dx.sub_((dy2.sum(dim=1) if w is None else dy2 @ w).unsqueeze(1) / d)   # - <dxhat>
-        dx = dx.add_(dy2) if w is None else dx.addcmul_(dy2, w)
-        dx.mul_(rstd)
-        return dx.reshape(x_shape).to(x_dtype), dweight, dbias, None, None, None
+        x, mean, rstd, weight = ctx.saved_tensors
+        d, center, weight_meta, bias_meta = ctx.meta
+        x2 = x.to(rstd.dtype).reshape(-1, d)                              # M, D
+        dy2 = dy.to(rstd.dtype).reshape(-1, d)                            # M, D
+        w = None if weight is None else weight.to(rstd.dtype).reshape(d)
+        want_dx, want_dw, want_db = ctx.needs_input_grad[:3]
+        want_dw, want_db = want_dw and w is not None, want_db and bias_meta is not None
+        dx = torch.empty_like(x2, memory_format=torch.contiguous_format)  # M, D
+        dweight, dbias = x2.new_zeros(d), x2.new_zeros(d)                  # D
+        blocks = _row_blocks(x2)
+        xhat = x2.new_empty(blocks[0].stop - blocks[0].start, d)         # one block's worth
+        for rows in blocks:
+            xb, dyb, dxb, r = x2[rows], dy2[rows], dx[rows], rstd[rows]
+            xh = torch.sub(xb, mean[rows], out=xhat[:xb.shape[0]]).mul_(r)   # xhat of the block
+            if want_db:
+                dbias += dyb.sum(dim=0)
+            torch.mul(dyb, xh, out=dxb)                                   # dy * xhat, then dx
+            if want_dw:
+                dweight += dxb.sum(dim=0)
+            if not want_dx:
+                continue
+            # dx = rstd * (dxhat - <dxhat> - xhat * <dxhat * xhat>), dxhat = dy * w, <.> row means
+            mean_dxhat_xhat = (dxb if w is None else dxb.mul_(w)).sum(dim=1, keepdim=True).div_(d)
+            if w is None:
+                dxb.copy_(dyb)
+            else:
+                torch.mul(dyb, w, out=dxb)                                # dxhat
+            if center:
+                dxb.sub_(dxb.sum(dim=1, keepdim=True).div_(d))            # - <dxhat>
+            dxb.addcmul_(xh, mean_dxhat_xhat, value=-1).mul_(r)
+        dweight, dbias = _param_grads(ctx, dweight, dbias, weight_meta, bias_meta)
+        dx = dx.reshape(x.shape).to(x.dtype) if want_dx else None
+        return dx, dweight, dbias, None, None, None
 
 
 def channel_norm(x, weight, bias, groups, over_batch, eps, stats=None):
