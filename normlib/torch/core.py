@@ -103,9 +103,9 @@ class _ChannelNorm(torch.autograd.Function):
         x_shape, x_dtype, groups, over_batch, batch_stats, weight_meta, bias_meta = ctx.meta
         n, c, s = x3.shape
         dy3 = dy.to(x3.dtype).reshape(n, c, s)                            # N, C, S
-        xc = x3 - mean_c                                                  # N, C, S; becomes dx
+        buf = x3 - mean_c                    # N, C, S: x - mean, then dy * (x - mean), then dx
         sum_dy = dy3.sum(dim=2)                                           # N, C
-        sum_dy_xhat = torch.linalg.vecdot(xc, dy3, dim=2) * rstd_c[..., 0]   # N, C
+        sum_dy_xhat = buf.mul_(dy3).sum(dim=2) * rstd_c[..., 0]           # N, C
         dweight, dbias = _param_grads(ctx, sum_dy_xhat.sum(0), sum_dy.sum(0), weight_meta,
                                       bias_meta)
         if not ctx.needs_input_grad[0]:
@@ -114,15 +114,16 @@ class _ChannelNorm(torch.autograd.Function):
             weight.to(x3.dtype).reshape(1, c, 1)
         k = w_c * rstd_c                                                  # kn, C, 1
         if not batch_stats:                                               # statistics are constants
-            dx = dy3 * k
+            dx = torch.mul(dy3, k, out=buf)
         else:
             # dx = rstd * (dxhat - <dxhat> - xhat * <dxhat * xhat>), dxhat = w * dy, <.> the mean
-            # over a group: w-weighted sums of the (N, C) partial sums, no extra pass over x.
+            # over a group: w-weighted sums of the (N, C) partial sums. x - mean is recomputed into
+            # the one buffer: an extra pass costs less than a second full-size buffer.
             count = (n if over_batch else 1) * (c // groups) * s
             mean_dxhat = _group_mean(w_c, sum_dy, groups, over_batch, count)
             mean_dxhat_xhat = _group_mean(w_c, sum_dy_xhat, groups, over_batch, count)
-            dx = xc.mul_(-mean_dxhat_xhat * rstd_c * rstd_c).sub_(mean_dxhat * rstd_c) \
-                .addcmul_(dy3, k)
+            dx = torch.sub(x3, mean_c, out=buf).mul_(-mean_dxhat_xhat * rstd_c * rstd_c) \
+                .sub_(mean_dxhat * rstd_c).addcmul_(dy3, k)
         return dx.reshape(x_shape).to(x_dtype), dweight, dbias, None, None, None, None
 
 
