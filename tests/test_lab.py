@@ -13,6 +13,15 @@ def test_digits_is_bundled_and_split():
     assert lab.digits(images=True).x_train.shape == (1348, 1, 8, 8)
 
 
+def test_recorded_gpu_results_ship_inside_normlib():
+    rec = lab.recorded("10-gpu-h100")                      # read from the package, no download
+    assert "H100" in rec["device"] and rec["date"].startswith("20")
+    shapes = {(r["dtype"], tuple(r["shape"])) for r in rec["results"]}
+    assert ("bf16", (32768, 4096)) in shapes and ("fp32", (4096, 16384)) in shapes
+    with pytest.raises(ValueError, match="10-gpu-h100"):   # the error lists what ships
+        lab.recorded("no-such-run")
+
+
 @pytest.mark.parametrize("norm, cls", [("batch", nt.BatchNorm1d), ("layer", nt.LayerNorm),
                                        ("rms", nt.RMSNorm), ("group", nt.GroupNorm)])
 def test_mlp_uses_normlib_layers_and_drops_the_redundant_bias(norm, cls):

@@ -7,11 +7,11 @@ with a `norm=` argument, a train loop that returns a history, plotting style. Sm
     model = lab.MLP([64, 100, 100, 10], norm="batch").to(device)
     history = lab.train(model, data, steps=500, lr=0.1, batch_size=32)
 """
-from .data import Data, batches, digits
+from .data import Data, batches, digits, recorded
 from .models import MLP, SmallCNN, norm_layer
 from .plot import style
 from .setup import device, is_quiet, progress, seed, setup
 from .train import accuracy, evaluate, train
 
-__all__ = ["Data", "batches", "digits", "MLP", "SmallCNN", "norm_layer", "style", "device",
-           "is_quiet", "progress", "seed", "setup", "accuracy", "evaluate", "train"]
+__all__ = ["Data", "batches", "digits", "recorded", "MLP", "SmallCNN", "norm_layer", "style",
+           "device", "is_quiet", "progress", "seed", "setup", "accuracy", "evaluate", "train"]

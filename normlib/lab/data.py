@@ -1,4 +1,6 @@
-"""Data sets made in code or shipped inside packages: nothing is downloaded."""
+"""Data sets made in code or shipped inside packages, and recorded results shipped inside normlib:
+nothing is downloaded."""
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +40,18 @@ def digits(images=False, test_fraction=0.25, seed=0, device=None, dtype=torch.fl
     test, train = order[:n_test], order[n_test:]
     data = Data(x[train], y[train], x[test], y[test])
     return data.to(device) if device is not None else data
+
+
+def recorded(name):
+    """A result recorded on a machine the reader may not have (a GPU benchmark, say), shipped
+    inside normlib as normlib/lab/recorded/<name>.json: a dict, read without any download."""
+    from importlib.resources import files
+    path = files("normlib.lab").joinpath("recorded", f"{name}.json")
+    if not path.is_file():
+        known = sorted(p.name[:-5] for p in files("normlib.lab").joinpath("recorded").iterdir()
+                       if p.name.endswith(".json"))
+        raise ValueError(f"recorded: no result named {name!r}; normlib ships {known}")
+    return json.loads(path.read_text())
 
 
 def batches(n, batch_size, generator=None, drop_last=True, device=None):
