@@ -150,10 +150,53 @@ def _row_blocks(x2):
     return [slice(start, min(start + rows, m)) for start in range(0, m, rows)] or [slice(0, 0)]
 
 
+def _normalize_rows(x, w, b, eps, center, out=None):
+    """(y, mean, rstd) for a block of rows x (rows, D): mean and rstd (rows, 1), mean None when
+    not `center`; y written into `out` when given."""
+    mean = x.mean(dim=1, keepdim=True) if center else None               # rows, 1
+    if center:
+        y = torch.sub(x, mean, out=out)                                   # x - mean
+        rstd = torch.rsqrt(_mean_square(y, (1,)).add_(eps))               # rows, 1
+        y.mul_(rstd)                                                      # xhat
+    else:
+        rstd = torch.rsqrt(_mean_square(x, (1,)).add_(eps))
+        y = torch.mul(x, rstd, out=out)
+    if w is not None and b is not None:
+        torch.addcmul(b, y, w, out=y)
+    elif w is not None:
+        y.mul_(w)
+    elif b is not None:
+        y.add_(b)
+    return y, mean, rstd
+
+
+def _backward_rows(x, dy, mean, rstd, w, wants, out=None):
+    """(dx, dweight, dbias) for a block of rows, each None where `wants` (dx, dw, db) says so;
+    dx written into `out` when given. xhat is recomputed: one temporary of the block's size."""
+    want_dx, want_dw, want_db = wants
+    xhat = torch.sub(x, mean).mul_(rstd) if mean is not None else x * rstd   # rows, D
+    dbias = dy.sum(dim=0) if want_db else None
+    dx = torch.mul(dy, xhat, out=out)                                     # dy * xhat, then dx
+    dweight = dx.sum(dim=0) if want_dw else None
+    if not want_dx:
+        return None, dweight, dbias
+    # dx = rstd * (dxhat - <dxhat> - xhat * <dxhat * xhat>), dxhat = dy * w, <.> row means
+    d = x.shape[1]
+    mean_dxhat_xhat = (dx if w is None else dx.mul_(w)).sum(dim=1, keepdim=True).div_(d)
+    if w is None:
+        dx.copy_(dy)
+    else:
+        torch.mul(dy, w, out=dx)                                          # dxhat
+    if mean is not None:
+        dx.sub_(dx.sum(dim=1, keepdim=True).div_(d))                      # - <dxhat>
+    dx.addcmul_(xhat, mean_dxhat_xhat, value=-1).mul_(rstd)
+    return dx, dweight, dbias
+
+
 class _FeatureNorm(torch.autograd.Function):
     """x (*, *normalized_shape) viewed as (M, D); statistics per row (mean skipped when not
     `center`: RMSNorm); weight and bias of D values. Saves x, mean and rstd (M, 1); the backward
-    recomputes xhat. Both passes walk blocks of rows (`_row_blocks`).
+    recomputes xhat. On the CPU both passes walk blocks of rows (`_row_blocks`).
     """
 
     @staticmethod
@@ -162,22 +205,14 @@ class _FeatureNorm(torch.autograd.Function):
         x2 = x.to(cdt).reshape(-1, d)                                     # M, D
         w = None if weight is None else weight.to(cdt).reshape(d)
         b = None if bias is None else bias.to(cdt).reshape(d)
-        y = torch.empty_like(x2, memory_format=torch.contiguous_format)  # M, D
-        mean = x2.new_zeros(x2.shape[0], 1)                               # M, 1 (0: RMSNorm)
-        rstd = torch.empty_like(mean)                                     # M, 1
-        for rows in _row_blocks(x2):
-            xb, yb = x2[rows], y[rows]                                    # rows, D
-            if center:
-                torch.mean(xb, dim=1, keepdim=True, out=mean[rows])
-            torch.sub(xb, mean[rows], out=yb)                             # x - mean
-            torch.rsqrt(_mean_square(yb, (1,)).add_(eps), out=rstd[rows])
-            yb.mul_(rstd[rows])                                           # xhat
-            if w is not None and b is not None:
-                torch.addcmul(b, yb, w, out=yb)
-            elif w is not None:
-                yb.mul_(w)
-            elif b is not None:
-                yb.add_(b)
+        blocks = _row_blocks(x2)
+        if len(blocks) == 1:
+            y, mean, rstd = _normalize_rows(x2, w, b, eps, center)
+        else:
+            y = torch.empty_like(x2, memory_format=torch.contiguous_format)  # M, D
+            parts = [_normalize_rows(x2[rows], w, b, eps, center, out=y[rows]) for rows in blocks]
+            mean = torch.cat([p[1] for p in parts]) if center else None  # M, 1
+            rstd = torch.cat([p[2] for p in parts])                      # M, 1
         ctx.save_for_backward(x, mean, rstd, weight)
         ctx.meta = (d, center, _meta(weight), _meta(bias))
         return y.reshape(x.shape).to(x.dtype)
@@ -191,30 +226,17 @@ class _FeatureNorm(torch.autograd.Function):
         dy2 = dy.to(rstd.dtype).reshape(-1, d)                            # M, D
         w = None if weight is None else weight.to(rstd.dtype).reshape(d)
         want_dx, want_dw, want_db = ctx.needs_input_grad[:3]
-        want_dw, want_db = want_dw and w is not None, want_db and bias_meta is not None
-        dx = torch.empty_like(x2, memory_format=torch.contiguous_format)  # M, D
-        dweight, dbias = x2.new_zeros(d), x2.new_zeros(d)                  # D
+        wants = (want_dx, want_dw and w is not None, want_db and bias_meta is not None)
         blocks = _row_blocks(x2)
-        xhat = x2.new_empty(blocks[0].stop - blocks[0].start, d)         # one block's worth
-        for rows in blocks:
-            xb, dyb, dxb, r = x2[rows], dy2[rows], dx[rows], rstd[rows]
-            xh = torch.sub(xb, mean[rows], out=xhat[:xb.shape[0]]).mul_(r)   # xhat of the block
-            if want_db:
-                dbias += dyb.sum(dim=0)
-            torch.mul(dyb, xh, out=dxb)                                   # dy * xhat, then dx
-            if want_dw:
-                dweight += dxb.sum(dim=0)
-            if not want_dx:
-                continue
-            # dx = rstd * (dxhat - <dxhat> - xhat * <dxhat * xhat>), dxhat = dy * w, <.> row means
-            mean_dxhat_xhat = (dxb if w is None else dxb.mul_(w)).sum(dim=1, keepdim=True).div_(d)
-            if w is None:
-                dxb.copy_(dyb)
-            else:
-                torch.mul(dyb, w, out=dxb)                                # dxhat
-            if center:
-                dxb.sub_(dxb.sum(dim=1, keepdim=True).div_(d))            # - <dxhat>
-            dxb.addcmul_(xh, mean_dxhat_xhat, value=-1).mul_(r)
+        if len(blocks) == 1:
+            dx, dweight, dbias = _backward_rows(x2, dy2, mean, rstd, w, wants)
+        else:
+            dx = torch.empty_like(x2, memory_format=torch.contiguous_format) if want_dx else None
+            parts = [_backward_rows(x2[rows], dy2[rows], None if mean is None else mean[rows],
+                                    rstd[rows], w, wants, out=None if dx is None else dx[rows])
+                     for rows in blocks]
+            dweight = sum(p[1] for p in parts) if wants[1] else None      # D
+            dbias = sum(p[2] for p in parts) if wants[2] else None        # D
         dweight, dbias = _param_grads(ctx, dweight, dbias, weight_meta, bias_meta)
         dx = dx.reshape(x.shape).to(x.dtype) if want_dx else None
         return dx, dweight, dbias, None, None, None
