@@ -9,15 +9,15 @@ oracle, never the implementation):
   parameters are constant over the spatial axis S, so each pass is x op (a small (N, C, 1) tensor),
   in place where it can be.
 - `feature_norm` (LayerNorm, RMSNorm): x viewed as (M, D). Statistics are per row, parameters per
-  column. It saves x, mean and rstd (not xhat), recomputes xhat in the backward, and on the CPU walks
-  blocks of rows of about BLOCK_BYTES: the dozen passes of the composite formulas then run on data
-  still in the cache instead of streaming full tensors through memory each time (measured on a
-  2-core CPU: about 1.5x faster for (4096, 1024) forward + backward). Row sums weighted by the
+  column. It saves x, mean and rstd (not xhat), recomputes xhat in the backward, and on the CPU
+  walks blocks of rows of about BLOCK_BYTES: the dozen passes of the composite formulas then run on
+  data still in the cache instead of streaming full tensors through memory each time (measured on
+  a 2-core CPU: about 1.5x faster for (4096, 1024) forward + backward). Row sums weighted by the
   parameters are an elementwise product and a row sum: a (M, D) @ (D,) product is slower on the CPU.
 
 On the CPU every composite op streams its operands through memory, so the code counts passes and
-allocations: a fresh full-size tensor costs page faults on top of its pass. The variance is the mean of
-(x - mean)² — two passes, never E[x²] - E[x]² — taken as ‖x - mean‖² / n with
+allocations: a fresh full-size tensor costs page faults on top of its pass. The variance is the
+mean of (x - mean)² — two passes, never E[x²] - E[x]² — taken as ‖x - mean‖² / n with
 `torch.linalg.vector_norm`, a plain reduction (sum of squares) that reads its input once without a
 temporary. Statistics are float32 for float16/bfloat16 input (float64 for float64); y returns in the
 input dtype.
