@@ -72,3 +72,11 @@ def test_prose_has_no_control_characters(path):
             bad = [c for c in "\x07\x08\x0b\x0c\r\t" if c in text]
             assert not bad, f"cell {i}: control characters {bad!r}"
             assert not re.search(r"(?<!\\)\n(angle|ight|ho\b)", text), f"cell {i}: lost \\r"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_figures_are_saved_only_through_lab_plot_save(path):
+    """A chapter that writes to a fixed path (plt.savefig("/tmp/ch/fig.png")) fails on a machine
+    where that folder is missing; lab.plot.save writes only where NORMBOOK_FIGURES points."""
+    for code in _code_cells(path):
+        assert ".savefig(" not in code, "save figures with lab.plot.save(fig, 'chapter/name')"

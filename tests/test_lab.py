@@ -87,3 +87,19 @@ def test_style_turns_missing_glyphs_into_errors():
         with pytest.raises(UserWarning, match="missing from"):
             fig.savefig(io.BytesIO(), format="png")
         plt.close(fig)
+
+
+def test_plot_save_writes_only_where_normbook_figures_points(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from normlib.lab import plot
+    fig = plt.figure()
+    monkeypatch.delenv("NORMBOOK_FIGURES", raising=False)
+    monkeypatch.chdir(tmp_path)
+    plot.save(fig, "ch/fig")
+    assert not any(tmp_path.rglob("*"))
+    monkeypatch.setenv("NORMBOOK_FIGURES", str(tmp_path / "figs"))
+    plot.save(fig, "ch/fig")
+    assert (tmp_path / "figs" / "ch" / "fig.png").stat().st_size > 0
+    plt.close(fig)

@@ -1,4 +1,6 @@
 """One matplotlib style for the whole book: readable sizes, retina output, no missing glyphs."""
+import os
+import pathlib
 import warnings
 
 import matplotlib as mpl
@@ -29,3 +31,16 @@ def style():
 def color(norm):
     """The book's color for a norm name ("batch", "layer", ... or None)."""
     return COLORS.get(norm, "#000000")
+
+
+def save(fig, name):
+    """Also write `fig` to $NORMBOOK_FIGURES/<name>.png, to look at it outside the notebook.
+
+    Nothing is written when NORMBOOK_FIGURES is unset, so a reader's run leaves no files behind.
+    `name` may hold a folder: "02-batchnorm/lr_sweep".
+    """
+    folder = os.environ.get("NORMBOOK_FIGURES")
+    if folder:
+        path = pathlib.Path(folder) / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, bbox_inches="tight")
