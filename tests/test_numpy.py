@@ -2,8 +2,11 @@
 numerics, and the module classes. No torch here: the reference must stand on its own."""
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import normlib.numpy as nn_
+import normlib.numpy.core as core
 
 
 def numerical_grad(f, a, h=1e-6):
@@ -147,6 +150,10 @@ def test_float32_offset_data_normalizes_accurately(rng):
     want = (x64 - x64.mean(1, keepdims=True)) / np.sqrt(x64.var(1, keepdims=True) + 1e-5)
     got, _ = nn_.layer_norm(x64.astype(np.float32), (256,))
     assert np.abs(got - want).max() < 1e-2
+    x64 = 1e3 + 0.1 * rng.normal(size=(2, 2 ** 18))           # long rows: float32 sums drift more
+    want = (x64 - x64.mean(1, keepdims=True)) / np.sqrt(x64.var(1, keepdims=True) + 1e-5)
+    got, _ = nn_.layer_norm(x64.astype(np.float32), (2 ** 18,))
+    assert np.abs(got - want).max() < 1e-2
 
 
 def test_float16_input_returns_float16_with_float32_statistics(rng):
@@ -162,6 +169,35 @@ def test_nan_propagates_without_crashing():
     assert np.isnan(y[:, 0]).all() and np.isfinite(y[:, 1]).all()
     dx, _, _ = nn_.batch_norm_backward(np.ones_like(y), cache)
     assert np.isnan(dx[:, 0]).all()
+    y, cache = nn_.layer_norm(x, (2,))                       # the row-block path
+    assert np.isnan(y[0]).all() and np.isfinite(y[1:]).all()
+    assert np.isnan(nn_.layer_norm_backward(np.ones_like(y), cache)[0][0]).all()
+
+
+@given(lead=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+       trail=st.lists(st.integers(1, 6), min_size=1, max_size=2),
+       varying=st.integers(0, 3), center=st.booleans(), block_bytes=st.integers(1, 400),
+       seed=st.integers(0, 999))
+def test_row_blocks_match_whole_array_passes(lead, trail, varying, center, block_bytes, seed):
+    """The cache-sized row blocks (any block size, parameters tiled per block) change nothing."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(lead + trail)
+    x = rng.normal(3, 2, size=shape)
+    axes = tuple(range(len(lead), len(shape)))
+    # parameters constant over the leading axes before `start` (like GroupNorm's (1, G, C/G, 1))
+    start = min(varying, len(lead))
+    pshape = tuple(1 if a < start else s for a, s in enumerate(shape))
+    w, b = rng.normal(size=pshape), rng.normal(size=pshape)
+    want = core._normalize_any(x, axes, 1e-5, center, w, b)
+    old = core.BLOCK_BYTES
+    core.BLOCK_BYTES = block_bytes                           # blocks of one row and up
+    try:
+        y, cache = nn_.normalize(x, axes, center=center, weight=w, bias=b)
+    finally:
+        core.BLOCK_BYTES = old
+    np.testing.assert_allclose(y, want[0], rtol=1e-10, atol=1e-10)
+    for got, ref in zip((cache.mean, cache.var, cache.rstd), want[1:]):
+        np.testing.assert_allclose(got, np.broadcast_to(ref, got.shape), rtol=1e-10, atol=1e-12)
 
 
 def test_empty_batch_returns_empty_and_keeps_running_statistics():

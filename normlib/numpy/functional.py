@@ -1,8 +1,9 @@
 """Functional norms in NumPy with the arguments of torch.nn.functional; each returns (y, cache).
 
-Every function is a choice of axes (from `normlib.axes`) around the one core in `core.py`, followed
-by the affine step y = weight * xhat + bias. Each has `<name>_backward(dy, cache)`.
+Every function is a choice of axes (from `normlib.axes`) around the one core in `core.py`, which
+also applies the affine step y = weight * xhat + bias. Each has `<name>_backward(dy, cache)`.
 """
+from math import prod
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -31,13 +32,9 @@ def _out_dtype(x):
     return x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(compute_dtype(x.dtype))
 
 
-def _affine(xhat, weight, bias, param_shape):
-    """y = weight * xhat + bias, parameters broadcast through `param_shape`."""
-    y = xhat * np.asarray(weight, dtype=xhat.dtype).reshape(param_shape) if weight is not None \
-        else xhat.copy()
-    if bias is not None:
-        y += np.asarray(bias, dtype=xhat.dtype).reshape(param_shape)
-    return y
+def _param(p, param_shape):
+    """A weight or bias reshaped to broadcast against the normalized input (None stays None)."""
+    return None if p is None else np.reshape(p, param_shape)
 
 
 def _channel_shape(shape):
@@ -45,13 +42,11 @@ def _channel_shape(shape):
     return (1, shape[1]) + (1,) * (len(shape) - 2)
 
 
-def _finish(x, xhat, norm_cache, weight, bias, param_shape, feature_shape):
-    """Affine step, cast back to the input dtype, and the cache for backward."""
-    xhat = xhat.reshape(x.shape)
-    y = _affine(xhat, weight, bias, param_shape)
+def _finish(x, y, norm_cache, weight, bias, param_shape, feature_shape):
+    """Cast back to the input dtype; the cache for backward."""
     cache = AffineCache(norm_cache, weight, bias is not None, param_shape, feature_shape, x.shape,
                         _out_dtype(x))
-    return y.astype(cache.x_dtype, copy=False), cache
+    return y.reshape(x.shape).astype(cache.x_dtype, copy=False), cache
 
 
 def _update_running(running, batch_stat, momentum):
@@ -76,7 +71,8 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, t
     pshape = _channel_shape(x.shape)
     if training:
         ax.check_batch_stats(x.shape)
-        xhat, cache = normalize(x, axes, eps)
+        y, cache = normalize(x, axes, eps, weight=_param(weight, pshape),
+                             bias=_param(bias, pshape))
         if running_mean is not None and x.size > 0:   # an empty batch leaves the buffers alone
             n = ax.reduced_count(x.shape, axes)
             _update_running(running_mean, cache.mean.reshape(c), momentum)
@@ -85,9 +81,10 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, t
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm: training=False normalizes with running_mean and running_var; "
                              "pass both, or use training=True for batch statistics")
-        xhat, cache = normalize_with_stats(x, np.reshape(running_mean, pshape),
-                                           np.reshape(running_var, pshape), eps)
-    return _finish(x, xhat, cache, weight, bias, pshape, (c,))
+        y, cache = normalize_with_stats(x, np.reshape(running_mean, pshape),
+                                        np.reshape(running_var, pshape), eps,
+                                        _param(weight, pshape), _param(bias, pshape))
+    return _finish(x, y, cache, weight, bias, pshape, (c,))
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -97,8 +94,9 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     nshape = ax.normalized_shape_tuple(normalized_shape)
     for what, p in [("weight", weight), ("bias", bias)]:
         ax.check_param("layer_norm", what, None if p is None else np.shape(p), nshape)
-    xhat, cache = normalize(x, axes, eps)
-    return _finish(x, xhat, cache, weight, bias, (1,) * (x.ndim - len(nshape)) + nshape, nshape)
+    pshape = (1,) * (x.ndim - len(nshape)) + nshape
+    y, cache = normalize(x, axes, eps, weight=_param(weight, pshape), bias=_param(bias, pshape))
+    return _finish(x, y, cache, weight, bias, pshape, nshape)
 
 
 def rms_norm(x, normalized_shape, weight=None, eps=None):
@@ -112,18 +110,23 @@ def rms_norm(x, normalized_shape, weight=None, eps=None):
     ax.check_param("rms_norm", "weight", None if weight is None else np.shape(weight), nshape)
     if eps is None:
         eps = float(np.finfo(compute_dtype(x.dtype)).eps)
-    xhat, cache = normalize(x, axes, eps, center=False)
-    return _finish(x, xhat, cache, weight, None, (1,) * (x.ndim - len(nshape)) + nshape, nshape)
+    pshape = (1,) * (x.ndim - len(nshape)) + nshape
+    y, cache = normalize(x, axes, eps, center=False,
+                         weight=_param(weight, pshape))
+    return _finish(x, y, cache, weight, None, pshape, nshape)
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     """GroupNorm: channels split into `num_groups` groups; statistics per sample and group."""
     x = np.asarray(x)
-    view = ax.group_norm_shape(x.shape, num_groups)
+    ax.group_norm_shape(x.shape, num_groups)
+    n, c, g = x.shape[0], x.shape[1], num_groups
     for what, p in [("weight", weight), ("bias", bias)]:
-        ax.check_param("group_norm", what, None if p is None else np.shape(p), (x.shape[1],))
-    xhat, cache = normalize(x.reshape(view), (2,), eps)
-    return _finish(x, xhat, cache, weight, bias, _channel_shape(x.shape), (x.shape[1],))
+        ax.check_param("group_norm", what, None if p is None else np.shape(p), (c,))
+    view, gshape = (n, g, c // g, prod(x.shape[2:])), (1, g, c // g, 1)   # reduce axes 2, 3
+    y, cache = normalize(x.reshape(view), (2, 3), eps, weight=_param(weight, gshape),
+                         bias=_param(bias, gshape))
+    return _finish(x, y, cache, weight, bias, _channel_shape(x.shape), (c,))
 
 
 def instance_norm(x, weight=None, bias=None, eps=1e-5, running_mean=None, running_var=None,
@@ -142,7 +145,8 @@ def instance_norm(x, weight=None, bias=None, eps=1e-5, running_mean=None, runnin
     pshape = _channel_shape(x.shape)
     if use_input_stats:
         ax.check_instance_stats(x.shape)
-        xhat, cache = normalize(x, axes, eps)
+        y, cache = normalize(x, axes, eps, weight=_param(weight, pshape),
+                             bias=_param(bias, pshape))
         if running_mean is not None and x.shape[0] > 0:
             n = ax.reduced_count(x.shape, axes)
             mean = cache.mean.reshape(x.shape[:2]).mean(axis=0)
@@ -152,9 +156,10 @@ def instance_norm(x, weight=None, bias=None, eps=1e-5, running_mean=None, runnin
     else:
         if running_mean is None or running_var is None:
             raise ValueError("instance_norm: use_input_stats=False needs running_mean and running_var")
-        xhat, cache = normalize_with_stats(x, np.reshape(running_mean, pshape),
-                                           np.reshape(running_var, pshape), eps)
-    return _finish(x, xhat, cache, weight, bias, pshape, (c,))
+        y, cache = normalize_with_stats(x, np.reshape(running_mean, pshape),
+                                        np.reshape(running_var, pshape), eps,
+                                        _param(weight, pshape), _param(bias, pshape))
+    return _finish(x, y, cache, weight, bias, pshape, (c,))
 
 
 def _sum_to(a, param_shape, feature_shape):
@@ -166,12 +171,13 @@ def _sum_to(a, param_shape, feature_shape):
 def batch_norm_backward(dy, cache):
     """(dx, dweight, dbias) from dy: dweight = Σ dy·xhat, dbias = Σ dy, dx through the core."""
     norm, w = cache.norm, cache.weight
-    dy = np.asarray(dy, dtype=norm.xhat.dtype).reshape(cache.x_shape)
+    view = norm.x.shape                                    # the shape the core normalized
+    dy = np.asarray(dy, dtype=norm.x.dtype).reshape(cache.x_shape)
     xhat = norm.xhat.reshape(cache.x_shape)
     dweight = None if w is None else _sum_to(dy * xhat, cache.param_shape, cache.feature_shape)
     dbias = _sum_to(dy, cache.param_shape, cache.feature_shape) if cache.has_bias else None
     dxhat = dy if w is None else dy * np.asarray(w, dtype=dy.dtype).reshape(cache.param_shape)
-    dx = normalize_backward(dxhat.reshape(norm.xhat.shape), norm).reshape(cache.x_shape)
+    dx = normalize_backward(dxhat.reshape(view), norm, xhat.reshape(view)).reshape(cache.x_shape)
     return dx.astype(cache.x_dtype, copy=False), dweight, dbias
 
 
