@@ -141,13 +141,28 @@ def _group_mean(w_c, partial, groups, over_batch, count):
     return g.expand(1 if over_batch else n, groups, c // groups).reshape(-1, c, 1)
 
 
+def _as(t, dtype, shape):
+    """t in `dtype` and `shape` (one -1 allowed), skipping the calls that would change nothing
+    (None stays None): small tensors pay per call, and LayerNorm runs on many small ones."""
+    if t is None:
+        return None
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    same = t.dim() == len(shape) and all(s in (-1, n) for s, n in zip(shape, t.shape))
+    return t if same else t.reshape(shape)
+
+
+def _one_block(x2):
+    """True when x2 (M, D) is processed whole: off the CPU, or small enough to stay in cache."""
+    return x2.device.type != "cpu" or x2.numel() * x2.element_size() <= BLOCK_BYTES
+
+
 def _row_blocks(x2):
     """Slices of x2's rows (M, D) small enough that a block's temporaries stay in a CPU cache:
-    the several passes a composite formula makes then hit the cache, not main memory. One block
-    on other devices, where each op is a kernel launch."""
+    the several passes a composite formula makes then hit the cache, not main memory."""
     m, d = x2.shape
-    rows = max(1, BLOCK_BYTES // max(1, d * x2.element_size())) if x2.device.type == "cpu" else m
-    return [slice(start, min(start + rows, m)) for start in range(0, m, rows)] or [slice(0, 0)]
+    rows = max(1, BLOCK_BYTES // max(1, d * x2.element_size()))
+    return [slice(start, min(start + rows, m)) for start in range(0, m, rows)]
 
 
 def _normalize_rows(x, w, b, eps, center, out=None):
@@ -181,14 +196,13 @@ def _backward_rows(x, dy, mean, rstd, w, wants, out=None):
     if not want_dx:
         return None, dweight, dbias
     # dx = rstd * (dxhat - <dxhat> - xhat * <dxhat * xhat>), dxhat = dy * w, <.> row means
-    d = x.shape[1]
-    mean_dxhat_xhat = (dx if w is None else dx.mul_(w)).sum(dim=1, keepdim=True).div_(d)
+    mean_dxhat_xhat = (dx if w is None else dx.mul_(w)).mean(dim=1, keepdim=True)
     if w is None:
         dx.copy_(dy)
     else:
         torch.mul(dy, w, out=dx)                                          # dxhat
     if mean is not None:
-        dx.sub_(dx.sum(dim=1, keepdim=True).div_(d))                      # - <dxhat>
+        dx.sub_(dx.mean(dim=1, keepdim=True))                             # - <dxhat>
     dx.addcmul_(xhat, mean_dxhat_xhat, value=-1).mul_(rstd)
     return dx, dweight, dbias
 
@@ -202,43 +216,40 @@ class _FeatureNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, d, eps, center):
         cdt = compute_dtype(x.dtype)
-        x2 = x.to(cdt).reshape(-1, d)                                     # M, D
-        w = None if weight is None else weight.to(cdt).reshape(d)
-        b = None if bias is None else bias.to(cdt).reshape(d)
-        blocks = _row_blocks(x2)
-        if len(blocks) == 1:
+        x2 = _as(x, cdt, (-1, d))                                         # M, D
+        w, b = _as(weight, cdt, (d,)), _as(bias, cdt, (d,))
+        if _one_block(x2):
             y, mean, rstd = _normalize_rows(x2, w, b, eps, center)
         else:
             y = torch.empty_like(x2, memory_format=torch.contiguous_format)  # M, D
-            parts = [_normalize_rows(x2[rows], w, b, eps, center, out=y[rows]) for rows in blocks]
+            parts = [_normalize_rows(x2[rows], w, b, eps, center, out=y[rows])
+                     for rows in _row_blocks(x2)]
             mean = torch.cat([p[1] for p in parts]) if center else None  # M, 1
             rstd = torch.cat([p[2] for p in parts])                      # M, 1
         ctx.save_for_backward(x, mean, rstd, weight)
         ctx.meta = (d, center, _meta(weight), _meta(bias))
-        return y.reshape(x.shape).to(x.dtype)
+        return _as(y, x.dtype, x.shape)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         x, mean, rstd, weight = ctx.saved_tensors
         d, center, weight_meta, bias_meta = ctx.meta
-        x2 = x.to(rstd.dtype).reshape(-1, d)                              # M, D
-        dy2 = dy.to(rstd.dtype).reshape(-1, d)                            # M, D
-        w = None if weight is None else weight.to(rstd.dtype).reshape(d)
+        x2, dy2 = _as(x, rstd.dtype, (-1, d)), _as(dy, rstd.dtype, (-1, d))  # M, D
+        w = _as(weight, rstd.dtype, (d,))
         want_dx, want_dw, want_db = ctx.needs_input_grad[:3]
         wants = (want_dx, want_dw and w is not None, want_db and bias_meta is not None)
-        blocks = _row_blocks(x2)
-        if len(blocks) == 1:
+        if _one_block(x2):
             dx, dweight, dbias = _backward_rows(x2, dy2, mean, rstd, w, wants)
         else:
             dx = torch.empty_like(x2, memory_format=torch.contiguous_format) if want_dx else None
             parts = [_backward_rows(x2[rows], dy2[rows], None if mean is None else mean[rows],
                                     rstd[rows], w, wants, out=None if dx is None else dx[rows])
-                     for rows in blocks]
+                     for rows in _row_blocks(x2)]
             dweight = sum(p[1] for p in parts) if wants[1] else None      # D
             dbias = sum(p[2] for p in parts) if wants[2] else None        # D
         dweight, dbias = _param_grads(ctx, dweight, dbias, weight_meta, bias_meta)
-        dx = dx.reshape(x.shape).to(x.dtype) if want_dx else None
+        dx = _as(dx, x.dtype, x.shape) if want_dx else None
         return dx, dweight, dbias, None, None, None
 
 
