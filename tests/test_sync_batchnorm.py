@@ -12,34 +12,23 @@ import pytest
 import torch
 import torch.distributed as dist
 from torch.multiprocessing import ProcessRaisedException
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import normlib.torch as nt
 from normlib.lab import MLP
 from normlib.lab import distributed as D
+
+from ops_recorder import RecordOps  # tests/ops_recorder.py
 
 # normlib follows torch 2.13, whose BatchNorm takes `bias=` and prints it; older torch does neither
 TORCH_NORMS_TAKE_BIAS = "bias" in inspect.signature(torch.nn.BatchNorm1d.__init__).parameters
 TIMEOUT = 120   # seconds for one launch: generous for a loaded CI machine, finite for a hang
 
 
-class _RecordOps(TorchDispatchMode):
-    """Records the name of every aten op that runs (as in test_torch_functional.py)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(func.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 def _norm_ops_in_sync_step(rank, world_size):
     """Worker: the aten ops with 'norm' in their name that a synced forward + backward runs."""
     bn = nt.SyncBatchNorm(4)
     x = torch.randn(3, 4, 2, 2, requires_grad=True)
-    with _RecordOps() as rec:
+    with RecordOps() as rec:
         bn(x).square().sum().backward()
     return {op for op in rec.ops if "norm" in op} - {"linalg_vector_norm.default"}
 

@@ -5,10 +5,11 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as TF
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import normlib.torch as nt
 from normlib.torch import functional as F
+
+from ops_recorder import RecordOps  # tests/ops_recorder.py
 
 NAMES = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"]
 
@@ -55,18 +56,6 @@ def test_gradcheck_float64(case):
     assert torch.autograd.gradcheck(fn, inputs)
 
 
-class _RecordOps(TorchDispatchMode):
-    """Records the name of every aten op that runs."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(func.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 # A vector norm is a reduction (the root of a sum of squares), not a normalization layer: the core
 # uses it to sum (x - mean)² without a temporary. Every other op with "norm" in its name is refused.
 REDUCTIONS = {"linalg_vector_norm.default"}
@@ -75,7 +64,7 @@ REDUCTIONS = {"linalg_vector_norm.default"}
 def _norm_ops(fn):
     """The aten ops with 'norm' in their name that fn() runs, forward and backward."""
     x = torch.randn(4, 6, 3, 3, requires_grad=True)
-    with _RecordOps() as rec:
+    with RecordOps() as rec:
         fn(x).square().sum().backward()
     return {op for op in rec.ops if "norm" in op} - REDUCTIONS
 
