@@ -185,11 +185,13 @@ def _normalize_rows(x, w, b, eps, center, out=None):
     return y, mean, rstd
 
 
-def _backward_rows(x, dy, mean, rstd, w, wants, out=None):
+def _backward_rows(x, dy, mean, rstd, w, wants, out=None, scratch=None):
     """(dx, dweight, dbias) for a block of rows, each None where `wants` (dx, dw, db) says so;
-    dx written into `out` when given. xhat is recomputed: one temporary of the block's size."""
+    dx written into `out` when given. xhat is recomputed into `scratch` (a fresh temporary when
+    None): the blocks share one buffer instead of each allocating, and page-faulting, its own."""
     want_dx, want_dw, want_db = wants
-    xhat = torch.sub(x, mean).mul_(rstd) if mean is not None else x * rstd   # rows, D
+    xhat = torch.sub(x, mean, out=scratch).mul_(rstd) if mean is not None \
+        else torch.mul(x, rstd, out=scratch)                              # rows, D
     dbias = dy.sum(dim=0) if want_db else None
     dx = torch.mul(dy, xhat, out=out)                                     # dy * xhat, then dx
     dweight = dx.sum(dim=0) if want_dw else None
@@ -243,9 +245,12 @@ class _FeatureNorm(torch.autograd.Function):
             dx, dweight, dbias = _backward_rows(x2, dy2, mean, rstd, w, wants)
         else:
             dx = torch.empty_like(x2, memory_format=torch.contiguous_format) if want_dx else None
+            blocks = _row_blocks(x2)
+            scratch = x2.new_empty((blocks[0].stop, d))                   # one block's rows, D
             parts = [_backward_rows(x2[rows], dy2[rows], None if mean is None else mean[rows],
-                                    rstd[rows], w, wants, out=None if dx is None else dx[rows])
-                     for rows in _row_blocks(x2)]
+                                    rstd[rows], w, wants, out=None if dx is None else dx[rows],
+                                    scratch=scratch[:rows.stop - rows.start])
+                     for rows in blocks]
             dweight = sum(p[1] for p in parts) if wants[1] else None      # D
             dbias = sum(p[2] for p in parts) if wants[2] else None        # D
         dweight, dbias = _param_grads(ctx, dweight, dbias, weight_meta, bias_meta)
