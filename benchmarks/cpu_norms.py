@@ -37,13 +37,19 @@ def _ms(fn):
 
 
 def paired_ms(ref, ours, repeat, warmup=3):
-    """(median ms of ref, median ms of ours, median of the per-round ratios ours/ref)."""
+    """(median ms of ref, median ms of ours, quartiles (q1, median, q3) of the per-round ratios
+    ours/ref)."""
     for _ in range(warmup):
         ref()
         ours()
     rounds = [(_ms(ref), _ms(ours)) for _ in range(repeat)]
-    return (statistics.median(r for r, _ in rounds), statistics.median(o for _, o in rounds),
-            statistics.median(o / r for r, o in rounds))
+    ratios = statistics.quantiles([o / r for r, o in rounds], n=4)
+    return statistics.median(r for r, _ in rounds), statistics.median(o for _, o in rounds), ratios
+
+
+def _ratio(q):
+    """A ratio's median and, in brackets, its interquartile range over the rounds."""
+    return f"{q[1]:.2f} [{q[0]:.1f}-{q[2]:.1f}]"
 
 
 def fwd_bwd(module, x, dy):
@@ -62,9 +68,9 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, numpy {np.__version__}, {args.threads} threads, "
-          f"float32, median of {args.repeat} alternating rounds\n")
-    head = (f"{'layer':<13} {'shape':<18} {'torch.nn f+b':>12} {'normlib f+b':>12} {'ratio':>6} "
-            f"{'torch.nn fwd':>12} {'numpy fwd':>10} {'ratio':>6}")
+          f"float32, median of {args.repeat} alternating rounds; ratio [quartiles]\n")
+    head = (f"{'layer':<13} {'shape':<18} {'torch.nn f+b':>12} {'normlib f+b':>12} "
+            f"{'ratio':>14} {'torch.nn fwd':>12} {'numpy fwd':>10} {'ratio':>14}")
     print(head)
     print("-" * len(head))
     for name, shape, make, np_fwd in CASES:
@@ -79,8 +85,8 @@ def main():
             with torch.no_grad():
                 ref(x)
         t_ref_fwd, t_np, np_ratio = paired_ms(ref_fwd, lambda: np_fwd(xn, w, b), args.repeat)
-        print(f"{name:<13} {str(shape):<18} {t_ref:>10.2f}ms {t_ours:>10.2f}ms {ratio:>6.2f} "
-              f"{t_ref_fwd:>10.2f}ms {t_np:>8.2f}ms {np_ratio:>6.2f}")
+        print(f"{name:<13} {str(shape):<18} {t_ref:>10.2f}ms {t_ours:>10.2f}ms "
+              f"{_ratio(ratio):>14} {t_ref_fwd:>10.2f}ms {t_np:>8.2f}ms {_ratio(np_ratio):>14}")
 
 
 if __name__ == "__main__":
