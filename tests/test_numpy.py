@@ -174,6 +174,17 @@ def test_nan_propagates_without_crashing():
     assert np.isnan(nn_.layer_norm_backward(np.ones_like(y), cache)[0][0]).all()
 
 
+def test_non_contiguous_input_agrees_with_contiguous(rng):
+    """A Fortran-ordered array takes the whole-array passes, a C-ordered one the row blocks."""
+    x = rng.normal(size=(6, 5, 4))
+    w, b, dy = rng.normal(size=(5, 4)), rng.normal(size=(5, 4)), rng.normal(size=x.shape)
+    y_c, cache_c = nn_.layer_norm(x, (5, 4), w, b)
+    y_f, cache_f = nn_.layer_norm(np.asfortranarray(x), (5, 4), w, b)
+    np.testing.assert_allclose(y_c, y_f, rtol=1e-12, atol=1e-12)
+    for g_c, g_f in zip(nn_.layer_norm_backward(dy, cache_c), nn_.layer_norm_backward(dy, cache_f)):
+        np.testing.assert_allclose(g_c, g_f, rtol=1e-10, atol=1e-12)
+
+
 @given(lead=st.lists(st.integers(1, 5), min_size=1, max_size=3),
        trail=st.lists(st.integers(1, 6), min_size=1, max_size=2),
        varying=st.integers(0, 3), center=st.booleans(), block_bytes=st.integers(1, 400),
