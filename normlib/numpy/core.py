@@ -34,6 +34,13 @@ def compute_dtype(dtype):
     return np.float64 if np.dtype(dtype) == np.float64 else np.float32
 
 
+def _in_compute_dtype(x, weight, bias):
+    """x, weight and bias as arrays in x's compute dtype (None stays None)."""
+    x = np.asarray(x)
+    x = x.astype(compute_dtype(x.dtype), copy=False)
+    return (x,) + tuple(None if p is None else np.asarray(p, x.dtype) for p in (weight, bias))
+
+
 def normalize(x, axes, eps=1e-5, center=True, weight=None, bias=None):
     """y = xhat * weight + bias with xhat = (x - mean) / sqrt(var + eps) over `axes`.
 
@@ -42,10 +49,8 @@ def normalize(x, axes, eps=1e-5, center=True, weight=None, bias=None):
     catastrophically in float32 when |mean| >> std. `weight` and `bias` broadcast against x and may
     be None (left out): normalize(x, axes) returns (xhat, cache).
     """
-    x = np.asarray(x)
-    x = x.astype(compute_dtype(x.dtype), copy=False)
+    x, weight, bias = _in_compute_dtype(x, weight, bias)
     axes = tuple(int(a) % max(x.ndim, 1) for a in axes)
-    weight, bias = (None if p is None else np.asarray(p, x.dtype) for p in (weight, bias))
     lead = x.ndim - len(axes)
     if x.size and 0 < lead and sorted(axes) == list(range(lead, x.ndim)) and x.flags.c_contiguous:
         y, mean, var, rstd = _normalize_trailing(x, lead, eps, center, weight, bias)
@@ -138,13 +143,11 @@ def normalize_with_stats(x, mean, var, eps=1e-5, weight=None, bias=None):
 
     Eval-mode BatchNorm and InstanceNorm with running statistics. Returns (y, cache).
     """
-    x = np.asarray(x)
-    x = x.astype(compute_dtype(x.dtype), copy=False)
+    x, weight, bias = _in_compute_dtype(x, weight, bias)
     mean = np.asarray(mean, dtype=x.dtype)
     var = np.asarray(var, dtype=x.dtype)
     rstd = 1.0 / np.sqrt(var + eps)   # var is a variance already: never square it again
     y = (x - mean) * rstd
-    weight, bias = (None if p is None else np.asarray(p, x.dtype) for p in (weight, bias))
     return _affine_(y, weight, bias), NormCache(x, mean, rstd, None, True, var)
 
 

@@ -111,8 +111,7 @@ def rms_norm(x, normalized_shape, weight=None, eps=None):
     if eps is None:
         eps = float(np.finfo(compute_dtype(x.dtype)).eps)
     pshape = (1,) * (x.ndim - len(nshape)) + nshape
-    y, cache = normalize(x, axes, eps, center=False,
-                         weight=_param(weight, pshape))
+    y, cache = normalize(x, axes, eps, center=False, weight=_param(weight, pshape))
     return _finish(x, y, cache, weight, None, pshape, nshape)
 
 
