@@ -1,8 +1,11 @@
 """normlib.numpy: backward vs central finite differences, PyTorch's running-statistics rules,
 numerics, and the module classes. No torch here: the reference must stand on its own."""
+import threading
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import normlib.numpy as nn_
@@ -169,13 +172,13 @@ def test_nan_propagates_without_crashing():
     assert np.isnan(y[:, 0]).all() and np.isfinite(y[:, 1]).all()
     dx, _, _ = nn_.batch_norm_backward(np.ones_like(y), cache)
     assert np.isnan(dx[:, 0]).all()
-    y, cache = nn_.layer_norm(x, (2,))                       # the row-block path
+    y, cache = nn_.layer_norm(x, (2,))                       # the row-parts path
     assert np.isnan(y[0]).all() and np.isfinite(y[1:]).all()
     assert np.isnan(nn_.layer_norm_backward(np.ones_like(y), cache)[0][0]).all()
 
 
 def test_non_contiguous_input_agrees_with_contiguous(rng):
-    """A Fortran-ordered array takes the whole-array passes, a C-ordered one the row blocks."""
+    """A Fortran-ordered array takes the whole-array passes, a C-ordered one the row parts."""
     x = rng.normal(size=(6, 5, 4))
     w, b, dy = rng.normal(size=(5, 4)), rng.normal(size=(5, 4)), rng.normal(size=x.shape)
     y_c, cache_c = nn_.layer_norm(x, (5, 4), w, b)
@@ -185,12 +188,32 @@ def test_non_contiguous_input_agrees_with_contiguous(rng):
         np.testing.assert_allclose(g_c, g_f, rtol=1e-10, atol=1e-12)
 
 
+@contextmanager
+def _core_settings(**values):
+    """Set normlib.numpy.core's tuning constants (PART_BYTES, THREADS, ...) for a block of code."""
+    old = {name: getattr(core, name) for name in values}
+    for name, value in values.items():
+        setattr(core, name, value)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            setattr(core, name, value)
+
+
 @given(lead=st.lists(st.integers(1, 5), min_size=1, max_size=3),
        trail=st.lists(st.integers(1, 6), min_size=1, max_size=2),
-       varying=st.integers(0, 3), center=st.booleans(), block_bytes=st.integers(1, 400),
+       varying=st.integers(0, 3), center=st.booleans(), part_bytes=st.integers(1, 400),
+       threads=st.integers(1, 3), tile_values=st.integers(1, 60), dot_max=st.integers(1, 9),
        seed=st.integers(0, 999))
-def test_row_blocks_match_whole_array_passes(lead, trail, varying, center, block_bytes, seed):
-    """The cache-sized row blocks (any block size, parameters tiled per block) change nothing."""
+@example(lead=[3, 2], trail=[4], varying=1, center=True, part_bytes=400, threads=1,
+         tile_values=16, dot_max=9, seed=0)      # a tile of 2 periods, 6 rows: 2 rows left over
+@example(lead=[5, 3], trail=[2, 3], varying=1, center=False, part_bytes=50, threads=2,
+         tile_values=30, dot_max=4, seed=1)      # tiles of 6 rows; 3 parts, the last of 3 rows
+def test_row_parts_match_whole_array_passes(lead, trail, varying, center, part_bytes, threads,
+                                            tile_values, dot_max, seed):
+    """Parts of rows of any size on any number of threads, parameter tiles of any length and row
+    sums in any chunks change nothing; the parts and tiles change not even a bit."""
     rng = np.random.default_rng(seed)
     shape = tuple(lead + trail)
     x = rng.normal(3, 2, size=shape)
@@ -200,15 +223,50 @@ def test_row_blocks_match_whole_array_passes(lead, trail, varying, center, block
     pshape = tuple(1 if a < start else s for a, s in enumerate(shape))
     w, b = rng.normal(size=pshape), rng.normal(size=pshape)
     want = core._normalize_any(x, axes, 1e-5, center, w, b)
-    old = core.BLOCK_BYTES
-    core.BLOCK_BYTES = block_bytes                           # blocks of one row and up
-    try:
-        y, cache = nn_.normalize(x, axes, center=center, weight=w, bias=b)
-    finally:
-        core.BLOCK_BYTES = old
+    with _core_settings(DOT_MAX=dot_max):
+        one_part, _ = nn_.normalize(x, axes, center=center, weight=w, bias=b)
+        with _core_settings(PART_BYTES=part_bytes, THREADS=threads, TILE_VALUES=tile_values):
+            y, cache = nn_.normalize(x, axes, center=center, weight=w, bias=b)
+    np.testing.assert_array_equal(y, one_part)
     np.testing.assert_allclose(y, want[0], rtol=1e-10, atol=1e-10)
     for got, ref in zip((cache.mean, cache.var, cache.rstd), want[1:]):
         np.testing.assert_allclose(got, np.broadcast_to(ref, got.shape), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows, unit", [(1, 1), (7, 1), (12, 4), (13, 4), (64, 64), (100, 8)])
+def test_run_parts_covers_every_row_once_and_uses_the_threads(rows, unit):
+    seen, names = [], set()
+
+    def record(r):
+        seen.append(r)
+        names.add(threading.current_thread().name)
+    with _core_settings(PART_BYTES=10, THREADS=3):
+        core._run_parts(record, rows, unit, nbytes=rows * 10)
+    covered = sorted(i for r in seen for i in range(rows)[r])
+    assert covered == list(range(rows))                    # every row once
+    assert all(r.start % unit == 0 for r in seen)          # parts start on a whole tile
+    if -(-rows // unit) > 1:                               # more than one part: other threads help
+        assert any(name.startswith("normlib") for name in names)
+
+
+def _layer_norm_on_threads(queue):
+    with _core_settings(PART_BYTES=64, THREADS=2, TILE_VALUES=1):
+        queue.put(float(nn_.layer_norm(np.arange(64.0).reshape(8, 8), (8,))[0].sum()))
+
+
+def test_threaded_parts_work_in_a_forked_child():
+    """The pool's threads do not survive a fork: the child must make its own, not wait forever."""
+    import multiprocessing
+    _layer_norm_on_threads(multiprocessing.Queue())         # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_layer_norm_on_threads, args=(queue,))
+    child.start()
+    child.join(timeout=20)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0
+    assert abs(queue.get(timeout=5)) < 1e-9
 
 
 def test_empty_batch_returns_empty_and_keeps_running_statistics():

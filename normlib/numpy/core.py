@@ -1,13 +1,23 @@
 """The one core: normalize over a set of axes, and its backward. NumPy, float32 or float64."""
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from math import prod
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
-# Trailing-axes norms walk x in blocks of about this many bytes, so that every pass over a block
-# (mean, deviations, variance, scale, affine) finds it in the L2 cache: x crosses memory once.
-BLOCK_BYTES = 2 ** 18
+# Trailing-axes norms cut x into parts of rows of about this many bytes and normalize the parts on
+# up to THREADS threads at once: the cores this process may use, at most 8 (measured on 2 cores
+# only). Parts of 4 MiB ran fastest on a 2-core machine (1 MiB parts: 1.3x slower, each thread
+# waiting more often for the GIL between passes).
+PART_BYTES = 2 ** 22
+THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+              else os.cpu_count() or 1)
+# Parameter tiles hold at least this many values: a pass then covers many rows per inner loop.
+TILE_VALUES = 2 ** 14
+# Row sums run as BLAS dots over at most this many values each (see `_rowdot`).
+DOT_MAX = 8192
 
 
 class NormCache(NamedTuple):
@@ -80,22 +90,28 @@ def _normalize_any(x, axes, eps, center, weight, bias):
     return _affine_(y, weight, bias), mean, var, rstd
 
 
-def _rowdot(a, b):
-    """Σ_j a[i, j] * b[i, j] per row of (rows, n) arrays (b may be (1, n)), with no temporary.
+def _rowdot(a, b, out):
+    """out[i] = Σ_j a[i, j] * b[i, j] for (rows, n) arrays (b may be (1, n)), with no temporary.
 
-    A BLAS dot per row, 3x faster than NumPy's pairwise sum. Its float32 partial sums are less
-    exact (mean of 2^20 values 1e3 + 0.1·z: off by 2e-4, pairwise 5e-5) but far inside what the
-    offset test allows: xhat off by 2e-3 where 1e-2 is the bound.
+    BLAS dots, 3x faster than NumPy's pairwise sums, over column chunks of at most DOT_MAX values:
+    OpenBLAS hands longer dots to a thread pool of its own, which then competes with ours. Their
+    float32 partial sums are less exact (mean of 2^20 values 1e3 + 0.1·z: off by 2e-4, pairwise
+    5e-5) but far inside what the offset test allows: xhat off by 2e-3 where 1e-2 is the bound.
     """
-    return np.vecdot(a, b) if hasattr(np, "vecdot") else np.einsum("ij,ij->i", a, b)
+    dot = np.vecdot if hasattr(np, "vecdot") else lambda p, q, out: np.einsum("ij,ij->i", p, q,
+                                                                              out=out)
+    dot(a[:, :DOT_MAX], b[:, :DOT_MAX], out=out)
+    for s in range(DOT_MAX, a.shape[1], DOT_MAX):
+        out += dot(a[:, s:s + DOT_MAX], b[:, s:s + DOT_MAX])
+    return out
 
 
 def _normalize_trailing(x, lead, eps, center, weight, bias):
     """The reduced axes are the last ones (LayerNorm, GroupNorm, InstanceNorm, RMSNorm).
 
-    x is viewed as (rows, n), one statistic per row, and walked in blocks of rows of about
-    BLOCK_BYTES: each block goes through all its passes while it is in cache. The parameters are
-    tiled once to a block's shape, so the affine step is a plain elementwise pass too.
+    x is viewed as (rows, n), one statistic per row, and cut into parts of rows of about PART_BYTES
+    that several threads normalize at once (`_run_parts`). The parameters are tiled once to a
+    whole number of rows (`_tile_rows`), so the affine step is a plain elementwise pass too.
     """
     rows, n = prod(x.shape[:lead]), prod(x.shape[lead:])
     x2 = x.reshape(rows, n)
@@ -104,26 +120,81 @@ def _normalize_trailing(x, lead, eps, center, weight, bias):
     j = min((_first_varying_axis(p, x.ndim, lead) for p in (weight, bias) if p is not None),
             default=lead)
     period = prod(x.shape[j:lead])
-    k = min(rows, max(period, BLOCK_BYTES // (n * x.itemsize) // period * period))
-    tiles = [None if p is None else _tile_rows(p, x.shape, j, n, k // period)
-             for p in (weight, bias)]
+    repeats = max(1, min(rows // period, -(-TILE_VALUES // (period * n))))
+    tiles = [None if p is None else _tile_rows(p, x.shape, j, n, repeats) for p in (weight, bias)]
     mean, var, rstd = (np.zeros(rows, x.dtype) for _ in range(3))
-    ones = np.ones((1, n), x.dtype)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for s in range(0, rows, k):                   # s is a multiple of k, so of `period`
-            xb, yb, r = x2[s:s + k], y2[s:s + k], slice(s, s + k)
-            if center:
-                mean[r] = _rowdot(xb, ones) / n
-                np.subtract(xb, mean[r, None], out=yb)
-                var[r] = _rowdot(yb, yb) / n
-            else:
-                var[r] = _rowdot(xb, xb) / n
-            rstd[r] = 1.0 / np.sqrt(var[r] + eps)
-            np.multiply(yb if center else xb, rstd[r, None], out=yb)
-            _affine_(yb, *(None if t is None else t[:len(yb)] for t in tiles))
+
+    def normalize_part(r):
+        _normalize_rows(x2[r], y2[r], mean[r], var[r], rstd[r], eps, center, *tiles)
+
+    _run_parts(normalize_part, rows, period * repeats, x2.nbytes)
     stat_shape = x.shape[:lead] + (1,) * (x.ndim - lead)
     return (y2.reshape(x.shape), mean.reshape(stat_shape), var.reshape(stat_shape),
             rstd.reshape(stat_shape))
+
+
+def _normalize_rows(x, y, mean, var, rstd, eps, center, weight, bias):
+    """One part: rows x (m, n) normalized into y, statistics (m,) written in place; weight and bias
+    are (p, n) tiles that repeat every p rows (or None)."""
+    n = x.shape[1]
+    with np.errstate(invalid="ignore", divide="ignore"):     # per thread: NaN rows give NaN
+        if center:
+            _rowdot(x, np.ones((1, n), x.dtype), out=mean)
+            mean /= n                                                   # m
+            np.subtract(x, mean[:, None], out=y)                        # x - mean
+        dev = y if center else x                  # deviations from the mean (or from 0: RMSNorm)
+        _rowdot(dev, dev, out=var)
+        var /= n                                                        # m
+        np.divide(1.0, np.sqrt(var + eps), out=rstd)                    # m
+        np.multiply(dev, rstd[:, None], out=y)                          # xhat
+        tile = weight if weight is not None else bias
+        if tile is not None:
+            whole = len(y) // len(tile) * len(tile)    # rows [0, whole) as (-1, p, n); the rest
+            _affine_(y[:whole].reshape(-1, len(tile), n), weight, bias)
+            rest = slice(len(y) - whole)
+            _affine_(y[whole:], *(None if t is None else t[rest] for t in (weight, bias)))
+
+
+def _run_parts(fn, rows, unit, nbytes):
+    """fn(rows slice) over parts of about PART_BYTES covering range(rows), each part but the last a
+    multiple of `unit` rows, on up to THREADS threads: NumPy releases the GIL inside every ufunc
+    on a large array, so the parts' passes run in parallel. Small inputs run on the caller's thread.
+    """
+    units = -(-rows // unit)                          # whole tiles of rows, the last maybe partial
+    threads = max(1, min(THREADS, units, nbytes // PART_BYTES))
+    count = threads * max(1, round(nbytes / (threads * PART_BYTES)))         # parts
+    step = -(-units // count) * unit
+    parts = [slice(s, min(s + step, rows)) for s in range(0, rows, step)]
+    groups = [parts[i::threads] for i in range(min(threads, len(parts)))]
+
+    def run(group):
+        for r in group:
+            fn(r)
+    futures = [_executor().submit(run, g) for g in groups[1:]]
+    run(groups[0])
+    for f in futures:
+        f.result()
+
+
+_pool = None
+
+
+def _executor():
+    """The thread pool (THREADS - 1 workers; the caller is the first thread), made on first use."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max(1, THREADS - 1), thread_name_prefix="normlib")
+    return _pool
+
+
+def _forget_pool():
+    """A forked child has none of its parent's threads: it makes a pool of its own."""
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _first_varying_axis(p, ndim, lead):
@@ -135,7 +206,10 @@ def _first_varying_axis(p, ndim, lead):
 def _tile_rows(p, shape, j, n, repeats):
     """p broadcast to one period of rows (axes j.. of x as (period, n)), stacked `repeats` times."""
     p = p.reshape((1,) * (len(shape) - p.ndim) + p.shape)[(0,) * j]
-    return np.tile(np.broadcast_to(p, shape[j:]).reshape(-1, n), (repeats, 1))
+    period = np.broadcast_to(p, shape[j:]).reshape(-1, n)                       # period, n
+    tile = np.empty((repeats,) + period.shape, p.dtype)
+    tile[...] = period                                # a broadcast copy (np.tile is 15x slower)
+    return tile.reshape(-1, n)                                                  # repeats·period, n
 
 
 def normalize_with_stats(x, mean, var, eps=1e-5, weight=None, bias=None):
