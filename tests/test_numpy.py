@@ -2,6 +2,7 @@
 numerics, and the module classes. No torch here: the reference must stand on its own."""
 import threading
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 import pytest
@@ -231,6 +232,16 @@ def test_row_parts_match_whole_array_passes(lead, trail, varying, center, part_b
     np.testing.assert_allclose(y, want[0], rtol=1e-10, atol=1e-10)
     for got, ref in zip((cache.mean, cache.var, cache.rstd), want[1:]):
         np.testing.assert_allclose(got, np.broadcast_to(ref, got.shape), rtol=1e-10, atol=1e-12)
+
+
+def test_einsum_row_dots_of_older_numpy_agree(rng):
+    """NumPy < 2 has no vecdot: einsum takes its place, also in the chunks of long rows."""
+    x = rng.normal(2, 3, size=(5, 40))
+    want, _ = nn_.layer_norm(x, (40,))
+    with _core_settings(_dot=partial(np.einsum, "ij,ij->i"), DOT_MAX=16):
+        got, cache = nn_.layer_norm(x, (40,))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cache.norm.mean[:, 0], x.mean(1), rtol=1e-12)
 
 
 @pytest.mark.parametrize("rows, unit", [(1, 1), (7, 1), (12, 4), (13, 4), (64, 64), (100, 8)])
