@@ -177,3 +177,27 @@ def test_warmup_schedule():
     s = tf.warmup_schedule(4)
     assert [s(k) for k in (1, 2, 4, 9)] == [0.25, 0.5, 1.0, 1.0]
     assert tf.warmup_schedule(0)(1) == 1.0
+
+
+def test_train_learns_records_evaluations_and_is_deterministic():
+    data = tf.cyclic_shift(256, length=8, vocab=8, shift=1)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = tf.Encoder(8, d_model=32, n_heads=4, depth=2, placement="pre")
+        runs.append(tf.train(model, data, steps=60, lr=3e-3, seed=1, eval_every=20))
+    hist = runs[0]
+    assert runs[1]["loss"] == hist["loss"] and runs[1]["test_acc"] == hist["test_acc"]
+    assert hist["step"] == list(range(1, 61)) and hist["eval_step"] == [20, 40, 60]
+    assert len(hist["test_loss"]) == len(hist["test_acc"]) == 3 and not hist["diverged"]
+    assert hist["test_acc"][-1] > hist["test_acc"][0] and hist["test_acc"][-1] > 1.5 / 8
+    assert "train_acc" not in hist
+
+
+def test_train_stops_on_a_non_finite_loss():
+    data = tf.cyclic_shift(64, length=8, vocab=8, shift=1)
+    model = tf.Encoder(8, d_model=32, n_heads=4, depth=2, placement="post")
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))
+    hist = tf.train(model, data, steps=30, lr=1e-3, eval_every=10)
+    assert hist["diverged"] and hist["step"] == [1] and hist["eval_step"] == []

@@ -62,15 +62,31 @@ def train(model, data, steps, lr, batch_size=32, optimizer=None, eval_every=None
         opt.step()
         if step_hook is not None:
             step_hook(step, model, xb, yb)
-        hist["step"].append(step)
-        hist["loss"].append(loss.item())
-        if not math.isfinite(hist["loss"][-1]):
-            hist["diverged"] = True
+        if not log_step(hist, step, loss.item(), step % eval_every == 0 or step == steps,
+                        lambda: _evaluations(model, data)):
             break
-        if step % eval_every == 0 or step == steps:
-            test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
-            hist["eval_step"].append(step)
-            hist["test_loss"].append(test_loss)
-            hist["test_acc"].append(test_acc)
-            hist["train_acc"].append(evaluate(model, data.x_train, data.y_train)[1])
     return hist
+
+
+def _evaluations(model, data):
+    """What `train` records at an evaluation step."""
+    test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+    return {"test_loss": test_loss, "test_acc": test_acc,
+            "train_acc": evaluate(model, data.x_train, data.y_train)[1]}
+
+
+def log_step(hist, step, loss, evaluate_now, evaluations):
+    """Append step and loss to the history `hist`; when `evaluate_now`, append eval_step and every
+    value of the dict evaluations() under its key. A non-finite loss sets hist["diverged"] and
+    returns False (stop training); otherwise True. The train loops of lab and lab.transformer
+    share it."""
+    hist["step"].append(step)
+    hist["loss"].append(loss)
+    if not math.isfinite(loss):
+        hist["diverged"] = True
+        return False
+    if evaluate_now:
+        hist["eval_step"].append(step)
+        for key, value in evaluations().items():
+            hist[key].append(value)
+    return True

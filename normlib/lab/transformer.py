@@ -12,7 +12,6 @@ code and the measurements the Pre-Norm/Post-Norm chapter makes on it.
     history = tf.train(model, data, steps=500, lr=1e-3, warmup=100)
 """
 import copy
-import math
 
 import torch
 from torch import nn
@@ -21,6 +20,7 @@ from torch.nn import functional as F
 from .. import torch as nt
 from .data import Data
 from .setup import progress
+from .train import log_step
 
 PLACEMENTS = ("post", "pre", "deepnorm")
 
@@ -189,17 +189,16 @@ def train(model, data, steps, lr, batch_size=32, warmup=0, betas=(0.9, 0.98), se
         loss.backward()
         opt.step()
         sched.step()
-        hist["step"].append(step)
-        hist["loss"].append(loss.item())
-        if not math.isfinite(hist["loss"][-1]):
-            hist["diverged"] = True
+        if not log_step(hist, step, loss.item(), step % eval_every == 0 or step == steps,
+                        lambda: _test_metrics(model, data)):
             break
-        if step % eval_every == 0 or step == steps:
-            test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
-            hist["eval_step"].append(step)
-            hist["test_loss"].append(test_loss)
-            hist["test_acc"].append(test_acc)
     return hist
+
+
+def _test_metrics(model, data):
+    """What `train` records at an evaluation step."""
+    test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+    return {"test_loss": test_loss, "test_acc": test_acc}
 
 
 def ffn_grad_norms(model, x, y):
