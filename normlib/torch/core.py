@@ -6,8 +6,8 @@ evaluate the same formulas with composite ops (torch's own normalization kernels
 oracle, never the implementation):
 
 - `channel_norm` (BatchNorm, InstanceNorm, GroupNorm): x viewed as (N, G, C/G, S). Statistics and
-  parameters are constant over the spatial axis S, so each pass is x op (a small (N, C, 1) tensor),
-  in place where it can be.
+  parameters are constant over the spatial axis S, so each pass is x op (a small tensor that
+  broadcasts: (N, G, 1, 1) statistics, (1, G, C/G, 1) parameters), in place where it can be.
 - `feature_norm` (LayerNorm, RMSNorm): x viewed as (M, D). Statistics are per row, parameters per
   column. It saves x, mean and rstd (not xhat), recomputes xhat in the backward, and on the CPU
   walks blocks of rows of about BLOCK_BYTES: the dozen passes of the composite formulas then run on
@@ -44,10 +44,9 @@ def _meta(t):
 
 def _param_grads(ctx, dweight, dbias, weight_meta, bias_meta):
     """Parameter gradients in the parameters' shapes and dtypes, None where not wanted."""
-    dweight = dweight.reshape(weight_meta[0]).to(weight_meta[1]) \
-        if weight_meta and ctx.needs_input_grad[1] else None
-    dbias = dbias.reshape(bias_meta[0]).to(bias_meta[1]) \
-        if bias_meta and ctx.needs_input_grad[2] else None
+    want_dw, want_db = ctx.needs_input_grad[1:3]
+    dweight = _as(dweight, weight_meta[1], weight_meta[0]) if weight_meta and want_dw else None
+    dbias = _as(dbias, bias_meta[1], bias_meta[0]) if bias_meta and want_db else None
     return dweight, dbias
 
 
@@ -60,101 +59,94 @@ def _mean_square(xc, dims):
 class _ChannelNorm(torch.autograd.Function):
     """x (N, C, *) viewed as (N, G, C/G, S); statistics over (C/G, S), and over N too if
     `over_batch`, or given per channel as `stats` = (mean, var). Returns (y, mean, var), the
-    statistics of shape (N or 1, G) and not differentiable. Saves x, mean and rstd per channel.
+    statistics of shape (N or 1, G) and not differentiable. Saves x, mean and rstd per group.
+
+    Every small tensor stays in the 4-d view: statistics (N or 1, G, 1, 1), parameters
+    (1, G, C/G, 1), so they broadcast against x without per-channel copies. On small inputs the
+    dozens of tiny ops around the passes are the cost (each a few microseconds).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, groups, over_batch, eps, stats):
+        ctx.set_materialize_grads(False)             # no zero gradients made for mean and var
         cdt = compute_dtype(x.dtype)
-        n, c, s = x.shape[0], x.shape[1], prod(x.shape[2:])
-        x3 = x.to(cdt).reshape(n, c, s)                                   # N, C, S
-        kn = 1 if over_batch else n                                       # rows of statistics
+        n, c = x.shape[0], x.shape[1]
+        shape4 = (n, groups, c // groups, prod(x.shape[2:]))              # N, G, C/G, S
+        xv = _as(x, cdt, shape4)
+        pshape = (1,) + shape4[1:3] + (1,)                                # 1, G, C/G, 1
+        w4, b4 = _as(weight, cdt, pshape), _as(bias, cdt, pshape)
         if stats is not None:                                             # given, per channel
-            mean_c, var_c = (t.to(cdt).reshape(1, c, 1) for t in stats)
-            mean = var = x3.new_empty(0)
-            y = x3 - mean_c                                               # N, C, S
+            mean, var = (_as(t, cdt, (1, c, 1, 1)) for t in stats)         # 1, C, 1, 1 (G = C)
+            y = xv - mean                                                 # N, G, C/G, S
+            out_mean = out_var = xv.new_empty(0)
         else:
-            xv = x3.reshape(n, groups, c // groups, s)                    # N, G, C/G, S
             dims = (0, 2, 3) if over_batch else (2, 3)
             if x.numel() == 0:
-                mean = var = xv.new_full((kn, groups, 1, 1), float("nan"))
+                mean = var = xv.new_full((1 if over_batch else n, groups, 1, 1), float("nan"))
+                y = xv.clone(memory_format=torch.contiguous_format)
             else:
                 mean = xv.mean(dim=dims, keepdim=True)                    # kn, G, 1, 1
-            y = torch.empty_like(x3)                                      # x - mean, then y
-            xc = torch.sub(xv, mean, out=y.view(xv.shape) if y.is_contiguous() else None)
-            y = xc.reshape(n, c, s)
-            if x.numel() > 0:
-                var = _mean_square(xc, dims)                              # kn, G, 1, 1
-            mean, var = mean.reshape(kn, groups), var.reshape(kn, groups)
-            mean_c, var_c = (_per_channel(t, c) for t in (mean, var))     # kn, C, 1
-        rstd_c = torch.rsqrt(var_c + eps)
-        y.mul_(rstd_c if weight is None else rstd_c * weight.to(cdt).reshape(1, c, 1))
-        if bias is not None:
-            y.add_(bias.to(cdt).reshape(1, c, 1))
-        ctx.save_for_backward(x3, mean_c, rstd_c, weight)
-        ctx.meta = (x.shape, x.dtype, groups, over_batch, stats is None, _meta(weight), _meta(bias))
-        ctx.mark_non_differentiable(mean, var)
-        return y.reshape(x.shape).to(x.dtype), mean, var
+                y = xv - mean                                             # x - mean, then y
+                var = _mean_square(y, dims)                               # kn, G, 1, 1
+            out_mean, out_var = mean.view(-1, groups), var.view(-1, groups)
+        rstd = torch.rsqrt(var + eps)                                     # kn, G, 1, 1
+        y.mul_(rstd if w4 is None else rstd * w4)
+        if b4 is not None:
+            y.add_(b4)
+        ctx.save_for_backward(xv, mean, rstd, w4)
+        ctx.meta = (x.shape, x.dtype, over_batch, stats is None, _meta(weight), _meta(bias))
+        ctx.mark_non_differentiable(out_mean, out_var)
+        return _as(y, x.dtype, x.shape), out_mean, out_var
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy, _dmean, _dvar):
-        x3, mean_c, rstd_c, weight = ctx.saved_tensors
-        x_shape, x_dtype, groups, over_batch, batch_stats, weight_meta, bias_meta = ctx.meta
-        n, c, s = x3.shape
-        dy3 = dy.to(x3.dtype).reshape(n, c, s)                            # N, C, S
-        buf = x3 - mean_c                    # N, C, S: x - mean, then dy * (x - mean), then dx
-        sum_dy = dy3.sum(dim=2)                                           # N, C
-        sum_dy_xhat = buf.mul_(dy3).sum(dim=2) * rstd_c[..., 0]           # N, C
+        xv, mean, rstd, w4 = ctx.saved_tensors
+        x_shape, x_dtype, over_batch, batch_stats, weight_meta, bias_meta = ctx.meta
+        dyv = _as(dy, xv.dtype, xv.shape)                                 # N, G, C/G, S
+        sum_dy = dyv.sum(dim=3, keepdim=True)                             # N, G, C/G, 1
+        buf = xv - mean                      # N, G, C/G, S: x - mean, then dy * (x - mean), then dx
+        sum_dy_xhat = buf.mul_(dyv).sum(dim=3, keepdim=True).mul_(rstd)   # N, G, C/G, 1
         dweight, dbias = _param_grads(ctx, sum_dy_xhat.sum(0), sum_dy.sum(0), weight_meta,
                                       bias_meta)
         if not ctx.needs_input_grad[0]:
             return None, dweight, dbias, None, None, None, None
-        w_c = torch.ones_like(rstd_c[:1]) if weight is None else \
-            weight.to(x3.dtype).reshape(1, c, 1)
-        k = w_c * rstd_c                                                  # kn, C, 1
+        k = rstd if w4 is None else rstd * w4                             # kn, G, C/G, 1
         if not batch_stats:                                               # statistics are constants
-            dx = torch.mul(dy3, k, out=buf)
+            dx = torch.mul(dyv, k, out=buf)
         else:
             # dx = rstd * (dxhat - <dxhat> - xhat * <dxhat * xhat>), dxhat = w * dy, <.> the mean
-            # over a group: w-weighted sums of the (N, C) partial sums. x - mean is recomputed into
-            # the one buffer: an extra pass costs less than a second full-size buffer.
-            count = (n if over_batch else 1) * (c // groups) * s
-            mean_dxhat = _group_mean(w_c, sum_dy, groups, over_batch, count)
-            mean_dxhat_xhat = _group_mean(w_c, sum_dy_xhat, groups, over_batch, count)
-            dx = torch.sub(x3, mean_c, out=buf).mul_(-mean_dxhat_xhat * rstd_c * rstd_c) \
-                .sub_(mean_dxhat * rstd_c).addcmul_(dy3, k)
-        return dx.reshape(x_shape).to(x_dtype), dweight, dbias, None, None, None, None
-
-
-def _per_channel(stat, c):
-    """(kn, G) group statistics -> (kn, C, 1), each channel getting its group's value."""
-    kn, groups = stat.shape
-    return stat.reshape(kn, groups, 1).expand(kn, groups, c // groups).reshape(kn, c, 1)
-
-
-def _group_mean(w_c, partial, groups, over_batch, count):
-    """The mean of w·(partial sums) over each channel's group: (N, C) -> (N or 1, C, 1)."""
-    n, c = partial.shape
-    g = (w_c[0, :, 0] * partial).reshape(n, groups, c // groups)
-    g = g.sum(dim=(0, 2) if over_batch else 2, keepdim=True) / count
-    return g.expand(1 if over_batch else n, groups, c // groups).reshape(-1, c, 1)
+            # over a group: w-weighted sums of the per-channel partial sums. x - mean is
+            # recomputed into the one buffer: an extra pass costs less than a second full buffer.
+            dims = (0, 2) if over_batch else (2,)
+            count = prod(xv.shape[2:]) * (xv.shape[0] if over_batch else 1)
+            if w4 is not None:
+                sum_dy, sum_dy_xhat = sum_dy.mul_(w4), sum_dy_xhat.mul_(w4)
+            mean_dxhat = sum_dy.sum(dim=dims, keepdim=True).mul_(rstd / count)          # kn, G
+            mean_dxhat_xhat = sum_dy_xhat.sum(dim=dims, keepdim=True).mul_(rstd * rstd / count)
+            dx = torch.sub(xv, mean, out=buf).mul_(mean_dxhat_xhat.neg_()).sub_(mean_dxhat) \
+                .addcmul_(dyv, k)
+        return _as(dx, x_dtype, x_shape), dweight, dbias, None, None, None, None
 
 
 def _as(t, dtype, shape):
-    """t in `dtype` and `shape` (one -1 allowed), skipping the calls that would change nothing
-    (None stays None): small tensors pay per call, and LayerNorm runs on many small ones."""
+    """t in `dtype` and `shape`, skipping the calls that would change nothing (None stays None):
+    small tensors pay per call, and LayerNorm runs on many small ones."""
     if t is None:
         return None
     if t.dtype != dtype:
         t = t.to(dtype)
-    same = t.dim() == len(shape) and all(s in (-1, n) for s, n in zip(shape, t.shape))
-    return t if same else t.reshape(shape)
+    return t if t.shape == shape else t.reshape(shape)
+
+
+def _rows_shape(x, d):
+    """(M, D): x's shape as rows of d values (d = 0: x is empty, and so is the view)."""
+    return (x.numel() // d if d else 0, d)
 
 
 def _one_block(x2):
     """True when x2 (M, D) is processed whole: off the CPU, or small enough to stay in cache."""
-    return x2.device.type != "cpu" or x2.numel() * x2.element_size() <= BLOCK_BYTES
+    return not x2.is_cpu or x2.nbytes <= BLOCK_BYTES
 
 
 def _row_blocks(x2):
@@ -198,14 +190,16 @@ def _backward_rows(x, dy, mean, rstd, w, wants, out=None, scratch=None):
     if not want_dx:
         return None, dweight, dbias
     # dx = rstd * (dxhat - <dxhat> - xhat * <dxhat * xhat>), dxhat = dy * w, <.> row means
-    mean_dxhat_xhat = (dx if w is None else dx.mul_(w)).mean(dim=1, keepdim=True)
+    # (row sums with the 1/D folded into the update: a mean costs twice a sum on small rows)
+    inv_d = 1.0 / x.shape[1]
+    sum_dxhat_xhat = (dx if w is None else dx.mul_(w)).sum(dim=1, keepdim=True)
     if w is None:
         dx.copy_(dy)
     else:
         torch.mul(dy, w, out=dx)                                          # dxhat
     if mean is not None:
-        dx.sub_(dx.mean(dim=1, keepdim=True))                             # - <dxhat>
-    dx.addcmul_(xhat, mean_dxhat_xhat, value=-1).mul_(rstd)
+        dx.sub_(dx.sum(dim=1, keepdim=True), alpha=inv_d)                 # - <dxhat>
+    dx.addcmul_(xhat, sum_dxhat_xhat, value=-inv_d).mul_(rstd)
     return dx, dweight, dbias
 
 
@@ -218,7 +212,7 @@ class _FeatureNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, d, eps, center):
         cdt = compute_dtype(x.dtype)
-        x2 = _as(x, cdt, (-1, d))                                         # M, D
+        x2 = _as(x, cdt, _rows_shape(x, d))                               # M, D
         w, b = _as(weight, cdt, (d,)), _as(bias, cdt, (d,))
         if _one_block(x2):
             y, mean, rstd = _normalize_rows(x2, w, b, eps, center)
@@ -237,7 +231,8 @@ class _FeatureNorm(torch.autograd.Function):
     def backward(ctx, dy):
         x, mean, rstd, weight = ctx.saved_tensors
         d, center, weight_meta, bias_meta = ctx.meta
-        x2, dy2 = _as(x, rstd.dtype, (-1, d)), _as(dy, rstd.dtype, (-1, d))  # M, D
+        shape2 = _rows_shape(x, d)
+        x2, dy2 = _as(x, rstd.dtype, shape2), _as(dy, rstd.dtype, shape2)  # M, D
         w = _as(weight, rstd.dtype, (d,))
         want_dx, want_dw, want_db = ctx.needs_input_grad[:3]
         wants = (want_dx, want_dw and w is not None, want_db and bias_meta is not None)
