@@ -1,11 +1,15 @@
 """normlib.torch.functional: torch's signatures, float64 gradcheck, torch's norm ops never called,
-numerics (offset data, NaN, half precision, empty batches)."""
+numerics (offset data, NaN, half precision, empty inputs: the NumPy reference's too)."""
 import inspect
+import warnings
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
 
+import normlib.numpy as nn_
 import normlib.torch as nt
 from normlib.torch import functional as F
 
@@ -185,6 +189,65 @@ def test_half_input_with_float32_parameters_like_autocast():
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert m.weight.grad.dtype == torch.float32
+
+
+EMPTY = [  # (module factory given torch.nn or normlib.torch, input shape): nothing to normalize
+    (lambda m: m.LayerNorm(4), (0, 4)), (lambda m: m.LayerNorm(0), (3, 0)),
+    (lambda m: m.RMSNorm(4), (0, 4)), (lambda m: m.RMSNorm(0), (3, 0)),
+    (lambda m: m.BatchNorm1d(3), (0, 3)), (lambda m: m.BatchNorm1d(3), (4, 3, 0)),
+    (lambda m: m.InstanceNorm1d(3, affine=True, track_running_stats=True), (2, 3, 0)),
+    (lambda m: m.GroupNorm(2, 4), (0, 4, 3)), (lambda m: m.GroupNorm(2, 4), (2, 4, 0)),
+]
+
+
+NUMPY_AS_TORCH_NN = SimpleNamespace(   # normlib.numpy's modules under torch.nn's names
+    LayerNorm=nn_.LayerNorm, RMSNorm=nn_.RMSNorm, BatchNorm1d=nn_.BatchNorm,
+    InstanceNorm1d=nn_.InstanceNorm, GroupNorm=nn_.GroupNorm)
+
+
+def _empty_run(module, shape):
+    """(y, dx, parameter grads, buffers) of one training step on an empty input of `shape`."""
+    for b in module.buffers():
+        if b.is_floating_point():
+            b.fill_(0.5)
+    x = torch.randn(shape, requires_grad=True)
+    y = module(x)
+    y.sum().backward()
+    return y, x.grad, [p.grad for p in module.parameters()], list(module.buffers())
+
+
+@pytest.mark.parametrize("make, shape", EMPTY)
+def test_empty_inputs_train_like_torch(make, shape):
+    """Empty batches and empty normalized axes: same shapes, parameter gradients 0 (a sum over no
+    values) and running statistics untouched, as torch. Where torch differs it is the odd one out:
+    its GroupNorm gives nan parameter gradients on empty spatial axes, its BatchNorm gives 0."""
+    ours, theirs = _empty_run(make(nt), shape), _empty_run(make(torch.nn), shape)
+    assert ours[0].shape == theirs[0].shape == shape and ours[1].shape == shape
+    for g in ours[2]:
+        assert torch.equal(g, torch.zeros_like(g))
+    for mine, torchs in zip(ours[2] + ours[3], theirs[2] + theirs[3]):
+        assert torch.equal(mine, torchs) or (isinstance(make(torch.nn), torch.nn.GroupNorm)
+                                             and torchs.isnan().all())
+
+
+@pytest.mark.parametrize("make, shape", EMPTY)
+def test_numpy_reference_agrees_on_empty_inputs(make, shape):
+    """The NumPy modules: same shapes, zero parameter gradients, buffers untouched, no warnings."""
+    module = make(NUMPY_AS_TORCH_NN)
+    for b in ("running_mean", "running_var"):
+        if getattr(module, b, None) is not None:
+            getattr(module, b)[:] = 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = module.forward(np.zeros(shape, np.float32))
+        dx = module.backward(np.ones(shape, np.float32))
+    assert y.shape == dx.shape == shape
+    for g in ("dweight", "dbias"):
+        if getattr(module, g, None) is not None:
+            assert not getattr(module, g).any()
+    for b in ("running_mean", "running_var"):
+        if getattr(module, b, None) is not None:
+            assert (getattr(module, b) == 0.5).all(), b
 
 
 def test_empty_batches_work_like_torch():

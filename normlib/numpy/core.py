@@ -240,7 +240,7 @@ def normalize_backward(dxhat, cache, xhat=None):
     """
     rstd, axes = cache.rstd, cache.axes
     dxhat = np.asarray(dxhat, dtype=rstd.dtype)
-    if axes is None:
+    if axes is None or dxhat.size == 0:          # fixed statistics, or nothing to average over
         return dxhat * rstd
     xhat = cache.xhat if xhat is None else xhat
     proj = (dxhat * xhat).mean(axis=axes, keepdims=True)        # keepdims shape

@@ -146,7 +146,7 @@ def instance_norm(x, weight=None, bias=None, eps=1e-5, running_mean=None, runnin
         ax.check_instance_stats(x.shape)
         y, cache = normalize(x, axes, eps, weight=_param(weight, pshape),
                              bias=_param(bias, pshape))
-        if running_mean is not None and x.shape[0] > 0:
+        if running_mean is not None and x.size > 0:   # an empty batch leaves the buffers alone
             n = ax.reduced_count(x.shape, axes)
             mean = cache.mean.reshape(x.shape[:2]).mean(axis=0)
             var = (cache.var.reshape(x.shape[:2]) * n / (n - 1)).mean(axis=0)

@@ -103,10 +103,14 @@ class _ChannelNorm(torch.autograd.Function):
     def backward(ctx, dy, _dmean, _dvar):
         xv, mean, rstd, w4 = ctx.saved_tensors
         x_shape, x_dtype, over_batch, batch_stats, weight_meta, bias_meta = ctx.meta
+        if dy is None:                       # y's gradient undefined (zero): so are the inputs'
+            return None, None, None, None, None, None, None
         dyv = _as(dy, xv.dtype, xv.shape)                                 # N, G, C/G, S
         sum_dy = dyv.sum(dim=3, keepdim=True)                             # N, G, C/G, 1
         buf = xv - mean                      # N, G, C/G, S: x - mean, then dy * (x - mean), then dx
-        sum_dy_xhat = buf.mul_(dyv).sum(dim=3, keepdim=True).mul_(rstd)   # N, G, C/G, 1
+        sum_dy_xhat = buf.mul_(dyv).sum(dim=3, keepdim=True)              # N, G, C/G, 1
+        if xv.numel():                   # else sums over no values: 0, not 0 * rstd (nan) = nan
+            sum_dy_xhat.mul_(rstd)
         dweight, dbias = _param_grads(ctx, sum_dy_xhat.sum(0), sum_dy.sum(0), weight_meta,
                                       bias_meta)
         if not ctx.needs_input_grad[0]:
@@ -191,7 +195,7 @@ def _backward_rows(x, dy, mean, rstd, w, wants, out=None, scratch=None):
         return None, dweight, dbias
     # dx = rstd * (dxhat - <dxhat> - xhat * <dxhat * xhat>), dxhat = dy * w, <.> row means
     # (row sums with the 1/D folded into the update: a mean costs twice a sum on small rows)
-    inv_d = 1.0 / x.shape[1]
+    inv_d = 1.0 / max(1, x.shape[1])                                      # D = 0: empty rows
     sum_dxhat_xhat = (dx if w is None else dx.mul_(w)).sum(dim=1, keepdim=True)
     if w is None:
         dx.copy_(dy)

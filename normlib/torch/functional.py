@@ -98,7 +98,7 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
         return channel_norm(input, weight, bias, c, False, eps, (running_mean, running_var))[0]
     ax.check_instance_stats(shape)
     y, mean, var = channel_norm(input, weight, bias, c, False, eps)   # mean, var: (N, C)
-    if running_mean is not None and shape[0] > 0:
+    if running_mean is not None and input.numel() > 0:   # an empty batch leaves them alone
         n = ax.reduced_count(shape, axes)
         _update_running(running_mean, mean.mean(0), momentum)
         _update_running(running_var, (var * (n / (n - 1))).mean(0), momentum)
