@@ -126,10 +126,10 @@ class _ChannelNorm(torch.autograd.Function):
             count = prod(xv.shape[2:]) * (xv.shape[0] if over_batch else 1)
             if w4 is not None:
                 sum_dy, sum_dy_xhat = sum_dy.mul_(w4), sum_dy_xhat.mul_(w4)
-            mean_dxhat = sum_dy.sum(dim=dims, keepdim=True).mul_(rstd / count)          # kn, G
-            mean_dxhat_xhat = sum_dy_xhat.sum(dim=dims, keepdim=True).mul_(rstd * rstd / count)
-            dx = torch.sub(xv, mean, out=buf).mul_(mean_dxhat_xhat.neg_()).sub_(mean_dxhat) \
-                .addcmul_(dyv, k)
+            mean_dxhat = sum_dy.sum(dim=dims, keepdim=True).div_(count)                 # kn, G
+            mean_dxhat_xhat = sum_dy_xhat.sum(dim=dims, keepdim=True).div_(count)
+            dx = torch.sub(xv, mean, out=buf).mul_(-mean_dxhat_xhat * rstd * rstd) \
+                .sub_(mean_dxhat * rstd).addcmul_(dyv, k)
         return _as(dx, x_dtype, x_shape), dweight, dbias, None, None, None, None
 
 
