@@ -14,6 +14,7 @@ import functools
 import html.parser
 import http.server
 import pathlib
+import re
 import shutil
 import sys
 import threading
@@ -91,9 +92,12 @@ def broken_links(root):
     return broken
 
 
+NUMPY_REPR = re.compile(r"np\.(?:float|int|uint|bool|complex)\w*\([^)]*\)")  # NumPy 2's repr
+
+
 def check_page(page, url, mathjax_dir, notebook=False):
     """Problems found on one page (a list of strings; empty means fine). Chapter notebooks must
-    also offer the Colab and Binder launch buttons."""
+    also offer the Colab and Binder launch buttons; no output may show a NumPy scalar's repr."""
     problems = []
     page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
@@ -105,6 +109,9 @@ def check_page(page, url, mathjax_dir, notebook=False):
     for host in ("colab.research.google.com", "mybinder.org") if notebook else ():
         if page.locator(f'a[href*="{host}"]').count() == 0:
             problems.append(f"no launch button for {host}")
+    outputs = " ".join(page.locator(".cell_output").all_inner_texts())
+    problems += [f"NumPy scalar repr in an output (print float(...) or format it): {m}"
+                 for m in sorted(set(NUMPY_REPR.findall(outputs)))]
     if page.locator(".math").count() > 0:
         page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise",
                                timeout=20000)
