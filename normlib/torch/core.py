@@ -82,13 +82,16 @@ class _ChannelNorm(torch.autograd.Function):
         else:
             dims = (0, 2, 3) if over_batch else (2, 3)
             if x.numel() == 0:
-                mean = var = xv.new_full((1 if over_batch else n, groups, 1, 1), float("nan"))
+                # nan statistics out, as torch; finite ones kept for the backward, whose sums
+                # over no values must stay 0 (0 * nan would be nan)
+                mean = var = xv.new_zeros((1 if over_batch else n, groups, 1, 1))
                 y = xv.clone(memory_format=torch.contiguous_format)
+                out_mean = out_var = torch.full_like(mean.view(-1, groups), float("nan"))
             else:
                 mean = xv.mean(dim=dims, keepdim=True)                    # kn, G, 1, 1
                 y = xv - mean                                             # x - mean, then y
                 var = _mean_square(y, dims)                               # kn, G, 1, 1
-            out_mean, out_var = mean.view(-1, groups), var.view(-1, groups)
+                out_mean, out_var = mean.view(-1, groups), var.view(-1, groups)
         rstd = torch.rsqrt(var + eps)                                     # kn, G, 1, 1
         y.mul_(rstd if w4 is None else rstd * w4)
         if b4 is not None:
@@ -108,9 +111,7 @@ class _ChannelNorm(torch.autograd.Function):
         dyv = _as(dy, xv.dtype, xv.shape)                                 # N, G, C/G, S
         sum_dy = dyv.sum(dim=3, keepdim=True)                             # N, G, C/G, 1
         buf = xv - mean                      # N, G, C/G, S: x - mean, then dy * (x - mean), then dx
-        sum_dy_xhat = buf.mul_(dyv).sum(dim=3, keepdim=True)              # N, G, C/G, 1
-        if xv.numel():                   # else sums over no values: 0, not 0 * rstd (nan) = nan
-            sum_dy_xhat.mul_(rstd)
+        sum_dy_xhat = buf.mul_(dyv).sum(dim=3, keepdim=True).mul_(rstd)   # N, G, C/G, 1
         dweight, dbias = _param_grads(ctx, sum_dy_xhat.sum(0), sum_dy.sum(0), weight_meta,
                                       bias_meta)
         if not ctx.needs_input_grad[0]:
@@ -124,8 +125,9 @@ class _ChannelNorm(torch.autograd.Function):
             # recomputed into the one buffer: an extra pass costs less than a second full buffer.
             dims = (0, 2) if over_batch else (2,)
             count = prod(xv.shape[2:]) * (xv.shape[0] if over_batch else 1)
-            if w4 is not None:
-                sum_dy, sum_dy_xhat = sum_dy.mul_(w4), sum_dy_xhat.mul_(w4)
+            if w4 is not None:                                            # w-weighted, in place
+                sum_dy.mul_(w4)
+                sum_dy_xhat.mul_(w4)
             mean_dxhat = sum_dy.sum(dim=dims, keepdim=True).div_(count)                 # kn, G
             mean_dxhat_xhat = sum_dy_xhat.sum(dim=dims, keepdim=True).div_(count)
             dx = torch.sub(xv, mean, out=buf).mul_(-mean_dxhat_xhat * rstd * rstd) \
