@@ -80,3 +80,12 @@ def test_figures_are_saved_only_through_lab_plot_save(path):
     where that folder is missing; lab.plot.save writes only where NORMBOOK_FIGURES points."""
     for code in _code_cells(path):
         assert ".savefig(" not in code, "save figures with lab.plot.save(fig, 'chapter/name')"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_every_cell_that_draws_a_figure_saves_it(path):
+    """The README promises that every figure a chapter draws lands in $NORMBOOK_FIGURES: a cell
+    that makes a figure also hands it to lab.plot.save (which writes nothing when unset)."""
+    for i, code in enumerate(_code_cells(path)):
+        draws = re.search(r"plt\.(subplots|figure|subplot_mosaic)\(", code)
+        assert not draws or "plot.save(" in code, f"code cell {i} draws a figure it never saves"
