@@ -58,7 +58,7 @@ def _mean_square(xc, dims):
 
 class _ChannelNorm(torch.autograd.Function):
     """x (N, C, *) viewed as (N, G, C/G, S); statistics over (C/G, S), and over N too if
-    `over_batch`, or given per channel as `stats` = (mean, var). Returns (y, mean, var), the
+    `over_batch`, or given per channel as `stat_mean`, `stat_var`. Returns (y, mean, var), the
     statistics of shape (N or 1, G) and not differentiable. Saves x, mean and rstd per group.
 
     Every small tensor stays in the 4-d view: statistics (N or 1, G, 1, 1), parameters
@@ -67,7 +67,7 @@ class _ChannelNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, groups, over_batch, eps, stats):
+    def forward(ctx, x, weight, bias, groups, over_batch, eps, stat_mean, stat_var):
         ctx.set_materialize_grads(False)             # no zero gradients made for mean and var
         cdt = compute_dtype(x.dtype)
         n, c = x.shape[0], x.shape[1]
@@ -75,8 +75,9 @@ class _ChannelNorm(torch.autograd.Function):
         xv = _as(x, cdt, shape4)
         pshape = (1,) + shape4[1:3] + (1,)                                # 1, G, C/G, 1
         w4, b4 = _as(weight, cdt, pshape), _as(bias, cdt, pshape)
-        if stats is not None:                                             # given, per channel
-            mean, var = (_as(t, cdt, (1, c, 1, 1)) for t in stats)         # 1, C, 1, 1 (G = C)
+        given = stat_mean is not None
+        if given:                                                         # given, per channel
+            mean, var = (_as(t, cdt, (1, c, 1, 1)) for t in (stat_mean, stat_var))  # 1, C, 1, 1
             y = xv - mean                                                 # N, G, C/G, S
             out_mean = out_var = xv.new_empty(0)
         else:
@@ -97,7 +98,7 @@ class _ChannelNorm(torch.autograd.Function):
         if b4 is not None:
             y.add_(b4)
         ctx.save_for_backward(xv, mean, rstd, w4)
-        ctx.meta = (x.shape, x.dtype, over_batch, stats is None, _meta(weight), _meta(bias))
+        ctx.meta = (x.shape, x.dtype, over_batch, not given, _meta(weight), _meta(bias))
         ctx.mark_non_differentiable(out_mean, out_var)
         return _as(y, x.dtype, x.shape), out_mean, out_var
 
@@ -107,7 +108,7 @@ class _ChannelNorm(torch.autograd.Function):
         xv, mean, rstd, w4 = ctx.saved_tensors
         x_shape, x_dtype, over_batch, batch_stats, weight_meta, bias_meta = ctx.meta
         if dy is None:                       # y's gradient undefined (zero): so are the inputs'
-            return None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None
         dyv = _as(dy, xv.dtype, xv.shape)                                 # N, G, C/G, S
         sum_dy = dyv.sum(dim=3, keepdim=True)                             # N, G, C/G, 1
         buf = xv - mean                      # N, G, C/G, S: x - mean, then dy * (x - mean), then dx
@@ -115,7 +116,7 @@ class _ChannelNorm(torch.autograd.Function):
         dweight, dbias = _param_grads(ctx, sum_dy_xhat.sum(0), sum_dy.sum(0), weight_meta,
                                       bias_meta)
         if not ctx.needs_input_grad[0]:
-            return None, dweight, dbias, None, None, None, None
+            return None, dweight, dbias, None, None, None, None, None
         k = rstd if w4 is None else rstd * w4                             # kn, G, C/G, 1
         if not batch_stats:                                               # statistics are constants
             dx = torch.mul(dyv, k, out=buf)
@@ -132,7 +133,7 @@ class _ChannelNorm(torch.autograd.Function):
             mean_dxhat_xhat = sum_dy_xhat.sum(dim=dims, keepdim=True).div_(count)
             dx = torch.sub(xv, mean, out=buf).mul_(-mean_dxhat_xhat * rstd * rstd) \
                 .sub_(mean_dxhat * rstd).addcmul_(dyv, k)
-        return _as(dx, x_dtype, x_shape), dweight, dbias, None, None, None, None
+        return _as(dx, x_dtype, x_shape), dweight, dbias, None, None, None, None, None
 
 
 def _as(t, dtype, shape):
@@ -261,8 +262,10 @@ class _FeatureNorm(torch.autograd.Function):
 
 def channel_norm(x, weight, bias, groups, over_batch, eps, stats=None):
     """(y, mean, var) for BatchNorm (groups=C, over_batch), InstanceNorm (groups=C) and
-    GroupNorm; `stats` = (mean, var) per channel normalizes with given statistics instead."""
-    return _ChannelNorm.apply(x, weight, bias, groups, over_batch, float(eps), stats)
+    GroupNorm; `stats` = (mean, var) per channel normalizes with given statistics instead
+    (passed to the Function as two tensors: torch.jit.trace cannot record a tuple argument)."""
+    mean, var = (None, None) if stats is None else stats
+    return _ChannelNorm.apply(x, weight, bias, int(groups), over_batch, float(eps), mean, var)
 
 
 def feature_norm(x, weight, bias, d, eps, center=True):

@@ -41,6 +41,21 @@ def _check_params(name, feature_shape, **params):
         ax.check_param(name, what, None if p is None else tuple(p.shape), feature_shape)
 
 
+def _check_dtype(name, input):
+    """A floating-point input, as torch's norms require: the result is not rounded to integers."""
+    if not input.is_floating_point():
+        raise RuntimeError(f"{name}: expected a floating-point input, got {input.dtype}; convert "
+                           f"it first, e.g. input.float()")
+
+
+def _check_running(name, running_mean, running_var):
+    """running_mean and running_var come together or not at all (torch's rule): a lone buffer
+    would be silently left alone, or half updated."""
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{name}: running_mean and running_var must either both be None or "
+                         f"neither be None; pass both buffers, or neither for batch statistics")
+
+
 @torch.no_grad()
 def _update_running(running, batch_stat, momentum):
     """running <- (1 - momentum) * running + momentum * batch_stat, in place (PyTorch's convention)."""
@@ -58,11 +73,13 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     ``momentum`` towards the batch mean and the *unbiased* batch variance. Otherwise the running
     buffers normalize. Shape: input (N, C) or (N, C, *), output the same.
     """
+    _check_dtype("batch_norm", input)
     shape = tuple(input.shape)
     axes = ax.batch_norm_axes(shape)
     c = shape[1]
     _check_params("batch_norm", (c,), weight=weight, bias=bias, running_mean=running_mean,
                   running_var=running_var)
+    _check_running("batch_norm", running_mean, running_var)
     if not training:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm: training=False normalizes with running_mean and "
@@ -86,11 +103,13 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
     With running buffers and ``use_input_stats``, they move towards the batch average of the
     per-instance mean and unbiased variance; ``use_input_stats=False`` normalizes with them.
     """
+    _check_dtype("instance_norm", input)
     shape = tuple(input.shape)
     axes = ax.instance_norm_axes(shape)
     c = shape[1]
     _check_params("instance_norm", (c,), weight=weight, bias=bias, running_mean=running_mean,
                   running_var=running_var)
+    _check_running("instance_norm", running_mean, running_var)
     if not use_input_stats:
         if running_mean is None or running_var is None:
             raise ValueError("instance_norm: use_input_stats=False needs running_mean and "
@@ -111,6 +130,7 @@ def layer_norm(input: Tensor, normalized_shape: List[int], weight: Optional[Tens
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
     """
+    _check_dtype("layer_norm", input)
     shape = tuple(input.shape)
     ax.layer_norm_axes(shape, normalized_shape)
     nshape = ax.normalized_shape_tuple(normalized_shape)
@@ -129,6 +149,7 @@ def rms_norm(input: Tensor, normalized_shape: List[int], weight: Optional[Tensor
 
     ``eps=None`` uses the machine epsilon of the compute dtype (float32 for half input), as torch.
     """
+    _check_dtype("rms_norm", input)
     shape = tuple(input.shape)
     ax.layer_norm_axes(shape, normalized_shape, name="RMSNorm")
     nshape = ax.normalized_shape_tuple(normalized_shape)
@@ -144,6 +165,7 @@ def rms_norm(input: Tensor, normalized_shape: List[int], weight: Optional[Tensor
 def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
                bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
     r"""GroupNorm: channels in ``num_groups`` groups; statistics per sample and group."""
+    _check_dtype("group_norm", input)
     shape = tuple(input.shape)
     ax.group_norm_shape(shape, num_groups)
     _check_params("group_norm", (shape[1],), weight=weight, bias=bias)

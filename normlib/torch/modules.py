@@ -14,6 +14,8 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "Insta
 class _NormBase(nn.Module):
     """weight/bias parameters and running_mean/running_var/num_batches_tracked buffers."""
 
+    _version = 2   # torch's state_dict version: 2 added num_batches_tracked
+
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, device=None, dtype=None, *, bias=True):
         super().__init__()
@@ -47,6 +49,18 @@ class _NormBase(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        """Checkpoints from before version 2 lack num_batches_tracked: keep ours, as torch does."""
+        version = local_metadata.get("version", None)
+        key = prefix + "num_batches_tracked"
+        if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
+            state_dict[key] = (self.num_batches_tracked if self.num_batches_tracked is not None
+                               and not self.num_batches_tracked.is_meta
+                               else torch.tensor(0, dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, bias={self.bias is not None}, "
@@ -55,8 +69,9 @@ class _NormBase(nn.Module):
     _ndims, _hint, _unbatched_ndim = (), "", None   # set by each subclass
 
     def _check_input(self, input):
-        """Dims and channels, raising before any state changes."""
+        """Dtype, dims and channels, raising before any state changes."""
         shape, name = tuple(input.shape), type(self).__name__
+        F._check_dtype(name, input)
         ax.check_ndim(name, shape, self._ndims, self._hint)
         ax.check_num_features(name, shape, self.num_features,
                               channel_axis=0 if len(shape) == self._unbatched_ndim else 1)
@@ -139,6 +154,24 @@ class _InstanceNorm(_NormBase):
                  track_running_stats=False, device=None, dtype=None, *, bias=True):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
                          bias=bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        """A checkpoint without a version (before torch 0.4) with running stats this layer does not
+        track: an error naming the cause, even with strict=False, as torch's."""
+        found = [prefix + name for name in ("running_mean", "running_var")
+                 if prefix + name in state_dict]
+        if local_metadata.get("version", None) is None and not self.track_running_stats and found:
+            klass = type(self).__name__
+            error_msgs.append(
+                f"Unexpected running stats buffer(s) {' and '.join(repr(k) for k in found)} for "
+                f"{klass} with track_running_stats=False; remove these keys from the state_dict "
+                f"(a checkpoint from before torch 0.4 kept them by default), or build "
+                f"{klass}(..., track_running_stats=True) to use them")
+            for key in found:
+                state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def forward(self, input):
         self._check_input(input)
@@ -269,6 +302,7 @@ class GroupNorm(nn.Module):
     reset_parameters = LayerNorm.reset_parameters
 
     def forward(self, input):
+        ax.group_norm_shape(tuple(input.shape), self.num_groups)   # (N, C, *) before channels
         ax.check_num_features("GroupNorm", tuple(input.shape), self.num_channels)
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 

@@ -139,6 +139,7 @@ class SyncBatchNorm(_BatchNorm):
         self.process_group = process_group
 
     def _check_input(self, input):
+        F._check_dtype("SyncBatchNorm", input)
         if input.dim() < 2:
             raise ValueError(f"SyncBatchNorm: expected at least 2D input (N, C, *), got "
                              f"{input.dim()}D input of shape {tuple(input.shape)}")
