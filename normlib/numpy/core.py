@@ -45,9 +45,25 @@ def compute_dtype(dtype):
     return np.float64 if np.dtype(dtype) == np.float64 else np.float32
 
 
+def check_real(x):
+    """Refuse complex, bool and non-numeric input, as torch does (a cast drops imaginary parts)."""
+    real = np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+    if x.dtype == np.bool_ or not real:
+        raise ValueError(f"normlib: expected real floating (or integer) input, got dtype "
+                         f"{x.dtype}; pass real numbers, e.g. x.astype(np.float32)")
+
+
+def check_grad_shape(name, grad, shape):
+    """Raise ValueError unless an upstream gradient has the forward input's shape (no reshape)."""
+    if grad.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(grad.shape)}, expected {tuple(shape)} (the "
+                         f"forward input's and output's); pass the gradient of the output itself")
+
+
 def _in_compute_dtype(x, weight, bias):
     """x, weight and bias as arrays in x's compute dtype (None stays None)."""
     x = np.asarray(x)
+    check_real(x)
     x = x.astype(compute_dtype(x.dtype), copy=False)
     return (x,) + tuple(None if p is None else np.asarray(p, x.dtype) for p in (weight, bias))
 
@@ -240,6 +256,7 @@ def normalize_backward(dxhat, cache, xhat=None):
     """
     rstd, axes = cache.rstd, cache.axes
     dxhat = np.asarray(dxhat, dtype=rstd.dtype)
+    check_grad_shape("normalize_backward: dxhat", dxhat, cache.x.shape)
     if axes is None or dxhat.size == 0:          # fixed statistics, or nothing to average over
         return dxhat * rstd
     xhat = cache.xhat if xhat is None else xhat

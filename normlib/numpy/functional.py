@@ -9,7 +9,8 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 
 from .. import axes as ax
-from .core import NormCache, compute_dtype, normalize, normalize_backward, normalize_with_stats
+from .core import (NormCache, check_grad_shape, compute_dtype, normalize, normalize_backward,
+                   normalize_with_stats)
 
 __all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm",
            "batch_norm_backward", "layer_norm_backward", "group_norm_backward",
@@ -20,7 +21,8 @@ class AffineCache(NamedTuple):
     """The core's cache plus what the affine step and any reshape need."""
     norm: NormCache
     weight: Optional[np.ndarray]
-    has_bias: bool
+    weight_grad_dtype: Optional[np.dtype]   # dweight's dtype (the weight's); None: no weight
+    bias_grad_dtype: Optional[np.dtype]     # dbias's dtype (the bias's); None: no bias
     param_shape: Tuple[int, ...]      # weight broadcast against x, e.g. (1, C, 1, 1)
     feature_shape: Tuple[int, ...]    # weight's own shape, e.g. (C,) or normalized_shape
     x_shape: Tuple[int, ...]
@@ -42,11 +44,40 @@ def _channel_shape(shape):
     return (1, shape[1]) + (1,) * (len(shape) - 2)
 
 
+def _grad_dtype(p, x):
+    """A parameter's gradient dtype: its own when it is a floating array (as torch), else x's."""
+    if p is None:
+        return None
+    own = getattr(p, "dtype", None)
+    return own if own is not None and np.issubdtype(own, np.floating) else _out_dtype(x)
+
+
 def _finish(x, y, norm_cache, weight, bias, param_shape, feature_shape):
     """Cast back to the input dtype; the cache for backward."""
-    cache = AffineCache(norm_cache, weight, bias is not None, param_shape, feature_shape, x.shape,
-                        _out_dtype(x))
+    cache = AffineCache(norm_cache, weight, _grad_dtype(weight, x), _grad_dtype(bias, x),
+                        param_shape, feature_shape, x.shape, _out_dtype(x))
     return y.reshape(x.shape).astype(cache.x_dtype, copy=False), cache
+
+
+def _check_running(name, running_mean, running_var, momentum, updates):
+    """A float momentum; both running buffers or neither, writable floating arrays if `updates`.
+
+    Checked before anything is computed, so a bad call leaves every buffer as it was.
+    """
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{name}: running_mean and running_var must both be given or both be None; "
+                         f"pass running_var=np.ones(C) with running_mean=np.zeros(C)")
+    if momentum is None:
+        raise ValueError(f"{name}: momentum=None (the cumulative average) is a module option, as in "
+                         f"torch; pass a float, or use the BatchNorm/InstanceNorm module")
+    if not updates or running_mean is None:
+        return
+    for what, buf in [("running_mean", running_mean), ("running_var", running_var)]:
+        if not (isinstance(buf, np.ndarray) and np.issubdtype(buf.dtype, np.floating)
+                and buf.flags.writeable):
+            got = f"ndarray of {buf.dtype}" if isinstance(buf, np.ndarray) else type(buf).__name__
+            raise ValueError(f"{name}: {what} is updated in place, so it must be a writable floating "
+                             f"NumPy array, got {got}; pass e.g. np.zeros(C, np.float32)")
 
 
 def _update_running(running, batch_stat, momentum):
@@ -68,6 +99,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, t
     for what, p in [("weight", weight), ("bias", bias), ("running_mean", running_mean),
                     ("running_var", running_var)]:
         ax.check_param("batch_norm", what, None if p is None else np.shape(p), (c,))
+    _check_running("batch_norm", running_mean, running_var, momentum, training)
     pshape = _channel_shape(x.shape)
     if training:
         ax.check_batch_stats(x.shape)
@@ -141,6 +173,7 @@ def instance_norm(x, weight=None, bias=None, eps=1e-5, running_mean=None, runnin
     for what, p in [("weight", weight), ("bias", bias), ("running_mean", running_mean),
                     ("running_var", running_var)]:
         ax.check_param("instance_norm", what, None if p is None else np.shape(p), (c,))
+    _check_running("instance_norm", running_mean, running_var, momentum, use_input_stats)
     pshape = _channel_shape(x.shape)
     if use_input_stats:
         ax.check_instance_stats(x.shape)
@@ -168,16 +201,28 @@ def _sum_to(a, param_shape, feature_shape):
 
 
 def batch_norm_backward(dy, cache):
-    """(dx, dweight, dbias) from dy: dweight = Σ dy·xhat, dbias = Σ dy, dx through the core."""
+    """(dx, dweight, dbias) from dy: dweight = Σ dy·xhat, dbias = Σ dy, dx through the core.
+
+    dy must have the input's shape; the parameter gradients take the parameters' dtypes (float16
+    weight, float16 dweight, summed in float32 first), None where a parameter was None.
+    """
     norm, w = cache.norm, cache.weight
     view = norm.x.shape                                    # the shape the core normalized
-    dy = np.asarray(dy, dtype=norm.x.dtype).reshape(cache.x_shape)
+    dy = np.asarray(dy, dtype=norm.x.dtype)
+    check_grad_shape("backward: dy", dy, cache.x_shape)
     xhat = norm.xhat.reshape(cache.x_shape)
     dweight = None if w is None else _sum_to(dy * xhat, cache.param_shape, cache.feature_shape)
-    dbias = _sum_to(dy, cache.param_shape, cache.feature_shape) if cache.has_bias else None
+    dbias = (None if cache.bias_grad_dtype is None
+             else _sum_to(dy, cache.param_shape, cache.feature_shape))
     dxhat = dy if w is None else dy * np.asarray(w, dtype=dy.dtype).reshape(cache.param_shape)
     dx = normalize_backward(dxhat.reshape(view), norm, xhat.reshape(view)).reshape(cache.x_shape)
-    return dx.astype(cache.x_dtype, copy=False), dweight, dbias
+    return (dx.astype(cache.x_dtype, copy=False), _cast(dweight, cache.weight_grad_dtype),
+            _cast(dbias, cache.bias_grad_dtype))
+
+
+def _cast(g, dtype):
+    """A parameter gradient in the parameter's dtype (None stays None)."""
+    return None if g is None else g.astype(dtype, copy=False)
 
 
 layer_norm_backward = group_norm_backward = instance_norm_backward = batch_norm_backward

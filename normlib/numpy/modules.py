@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import axes as ax
 from . import functional as F
+from .core import check_real
 
 
 class _Layer:
@@ -71,8 +72,9 @@ class BatchNorm(_Stats):
         ax.batch_norm_axes(x.shape)
         ax.check_num_features("BatchNorm", x.shape, self.num_features)
         use_batch = self.training or self.running_mean is None
+        check_real(x)                       # before any state changes
         if use_batch:
-            ax.check_batch_stats(x.shape)   # before any state changes
+            ax.check_batch_stats(x.shape)
         momentum = self.momentum or 0.0
         if self.training and self.track_running_stats:
             self.num_batches_tracked += 1
@@ -86,21 +88,34 @@ class BatchNorm(_Stats):
 
 
 class InstanceNorm(_Stats):
-    """InstanceNorm for (N, C, *) input; running statistics only if track_running_stats."""
+    """InstanceNorm for (N, C, *) input, or unbatched (C, L) as torch.nn.InstanceNorm1d takes it;
+    running statistics only if track_running_stats."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False,
                  track_running_stats=False, dtype=np.float32):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
+        self._unbatched = False
 
     def forward(self, x):
         x = np.asarray(x)
+        unbatched = x.ndim == 2                       # (C, L): one sample, a batch of 1 inside
+        if unbatched:
+            ax.check_num_features("InstanceNorm", x.shape, self.num_features, channel_axis=0)
+            x = x[None]
         ax.instance_norm_axes(x.shape)
         ax.check_num_features("InstanceNorm", x.shape, self.num_features)
         use_input_stats = self.training or not self.track_running_stats
         y, self._cache = F.instance_norm(
             x, self.weight, self.bias, self.eps, self.running_mean, self.running_var,
             use_input_stats, self.momentum or 0.0)
-        return y
+        self._unbatched = unbatched
+        return y[0] if unbatched else y
+
+    def backward(self, dy):
+        """dx from dy, of the unbatched shape when forward's input was (C, L)."""
+        if self._unbatched:
+            return super().backward(np.asarray(dy)[None])[0]
+        return super().backward(dy)
 
 
 class GroupNorm(_Layer):
