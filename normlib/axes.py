@@ -20,7 +20,7 @@ from math import prod
 __all__ = [
     "batch_norm_axes", "layer_norm_axes", "instance_norm_axes", "group_norm_shape",
     "check_batch_stats", "check_instance_stats", "check_num_features", "check_ndim",
-    "check_param", "normalized_shape_tuple", "reduced_count", "NORM_AXES",
+    "check_param", "check_running_pair", "normalized_shape_tuple", "reduced_count", "NORM_AXES",
 ]
 
 # The set S of each norm on an (N, C, H, W) input, by axis name; GroupNorm's "C/G" means the channels
@@ -58,12 +58,25 @@ def check_ndim(name, shape, allowed, hint=""):
 
 
 def check_num_features(name, shape, num_features, channel_axis=1):
-    """Raise ValueError unless shape[channel_axis] == num_features."""
-    if num_features is not None and shape[channel_axis] != num_features:
+    """Raise ValueError unless shape has a channel axis `channel_axis` of num_features."""
+    if num_features is None:
+        return
+    if len(shape) <= channel_axis:
+        raise ValueError(f"{name}: expected input of shape (N, C, *), got {_fmt(shape)}; "
+                         f"add a batch axis with x[None]")
+    if shape[channel_axis] != num_features:
         raise ValueError(
             f"{name}: expected {num_features} channels on axis {channel_axis}, got input of shape "
             f"{_fmt(shape)}; build the layer with num_features={shape[channel_axis]} or "
             f"pass (N, {num_features}, ...) input")
+
+
+def check_running_pair(name, running_mean, running_var):
+    """Raise ValueError unless running_mean and running_var are both given or both None (torch's
+    rule): a lone buffer would be silently ignored, or half updated."""
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{name}: running_mean and running_var must either both be None or "
+                         f"neither be None; pass both buffers, or neither for batch statistics")
 
 
 def check_param(name, what, param_shape, expected):

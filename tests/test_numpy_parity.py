@@ -280,3 +280,10 @@ def test_integer_or_list_parameters_give_gradients_in_the_input_dtype(rng):
     _, cache = nn_.batch_norm(x, np.array([1, 2, 3]), [0.5, 0.5, 0.5])
     _, dw, db = nn_.batch_norm_backward(rng.normal(size=x.shape), cache)
     assert dw.dtype == db.dtype == np.float32 and np.abs(dw).max() > 0
+
+
+@pytest.mark.parametrize("shape", [(4,), ()])
+def test_groupnorm_module_refuses_input_without_channels(shape):
+    """torch's GroupNorm refuses input without (N, C); an IndexError here would name nothing."""
+    with pytest.raises(ValueError, match="expected input of shape \\(N, C, \\*\\)"):
+        nn_.GroupNorm(2, 4).forward(np.ones(shape))

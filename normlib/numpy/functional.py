@@ -64,9 +64,7 @@ def _check_running(name, running_mean, running_var, momentum, updates):
 
     Checked before anything is computed, so a bad call leaves every buffer as it was.
     """
-    if (running_mean is None) != (running_var is None):
-        raise ValueError(f"{name}: running_mean and running_var must both be given or both be None; "
-                         f"pass running_var=np.ones(C) with running_mean=np.zeros(C)")
+    ax.check_running_pair(name, running_mean, running_var)
     if momentum is None:
         raise ValueError(f"{name}: momentum=None (the cumulative average) is a module option, as in "
                          f"torch; pass a float, or use the BatchNorm/InstanceNorm module")

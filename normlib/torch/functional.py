@@ -48,14 +48,6 @@ def _check_dtype(name, input):
                            f"it first, e.g. input.float()")
 
 
-def _check_running(name, running_mean, running_var):
-    """running_mean and running_var come together or not at all (torch's rule): a lone buffer
-    would be silently left alone, or half updated."""
-    if (running_mean is None) != (running_var is None):
-        raise ValueError(f"{name}: running_mean and running_var must either both be None or "
-                         f"neither be None; pass both buffers, or neither for batch statistics")
-
-
 @torch.no_grad()
 def _update_running(running, batch_stat, momentum):
     """running <- (1 - momentum) * running + momentum * batch_stat, in place (PyTorch's convention)."""
@@ -79,7 +71,7 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     c = shape[1]
     _check_params("batch_norm", (c,), weight=weight, bias=bias, running_mean=running_mean,
                   running_var=running_var)
-    _check_running("batch_norm", running_mean, running_var)
+    ax.check_running_pair("batch_norm", running_mean, running_var)
     if not training:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm: training=False normalizes with running_mean and "
@@ -109,7 +101,7 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
     c = shape[1]
     _check_params("instance_norm", (c,), weight=weight, bias=bias, running_mean=running_mean,
                   running_var=running_var)
-    _check_running("instance_norm", running_mean, running_var)
+    ax.check_running_pair("instance_norm", running_mean, running_var)
     if not use_input_stats:
         if running_mean is None or running_var is None:
             raise ValueError("instance_norm: use_input_stats=False needs running_mean and "
