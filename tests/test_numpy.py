@@ -129,10 +129,14 @@ def test_module_train_eval_and_gradients(rng):
                                rtol=1e-5)
 
 
-def test_module_refuses_one_value_per_channel_before_touching_state():
+@pytest.mark.parametrize("x, message", [
+    (np.ones((1, 3), np.float32), "more than 1 value per channel"),   # stricter than torch
+    (np.ones((4, 3), np.complex64), "real floating"),                  # torch refuses it too
+], ids=["one value per channel", "complex"])
+def test_module_refuses_bad_input_before_touching_state(x, message):
     bn = nn_.BatchNorm(3)
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
-        bn(np.ones((1, 3), np.float32))
+    with pytest.raises(ValueError, match=message):
+        bn(x)
     assert bn.num_batches_tracked == 0
     np.testing.assert_array_equal(bn.running_mean, 0)
 

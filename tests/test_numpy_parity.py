@@ -262,14 +262,6 @@ def test_modules_follow_torch_over_many_train_and_eval_steps(rng, kind, momentum
         assert m.num_batches_tracked == int(tm.num_batches_tracked)
 
 
-def test_batch_norm_module_refuses_complex_input_before_counting_the_batch():
-    bn = nn_.BatchNorm(3)
-    with pytest.raises(ValueError, match="real floating"):
-        bn(np.ones((4, 3), np.complex64))
-    assert bn.num_batches_tracked == 0
-    np.testing.assert_array_equal(bn.running_mean, 0)
-
-
 def test_instance_norm_module_checks_unbatched_channels():
     with pytest.raises(ValueError, match="expected 3 channels on axis 0"):
         nn_.InstanceNorm(3)(np.ones((4, 7)))
