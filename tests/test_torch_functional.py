@@ -1,4 +1,5 @@
-"""normlib.torch.functional: torch's signatures, float64 gradcheck, torch's norm ops never called,
+"""normlib.torch.functional: torch's signatures, float64 gradcheck and gradgradcheck, torch's norm
+ops never called,
 numerics (offset data, NaN, half precision, empty inputs: the NumPy reference's too)."""
 import inspect
 import warnings
@@ -60,16 +61,28 @@ def test_gradcheck_float64(case):
     assert torch.autograd.gradcheck(fn, inputs)
 
 
+@pytest.mark.parametrize("case", list(GRADCHECK))
+def test_gradgradcheck_float64(case):
+    """Second derivatives (a backward recorded with create_graph=True) against finite differences
+    of the first: gradient penalties and Hessian-vector products work as with torch.nn."""
+    torch.manual_seed(0)
+    fn, inputs = GRADCHECK[case]()
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
 # A vector norm is a reduction (the root of a sum of squares), not a normalization layer: the core
 # uses it to sum (x - mean)² without a temporary. Every other op with "norm" in its name is refused.
 REDUCTIONS = {"linalg_vector_norm.default"}
 
 
 def _norm_ops(fn):
-    """The aten ops with 'norm' in their name that fn() runs, forward and backward."""
+    """The aten ops with 'norm' in their name that fn() runs: forward, backward, and the backward
+    of a recorded backward (a gradient penalty)."""
     x = torch.randn(4, 6, 3, 3, requires_grad=True)
     with RecordOps() as rec:
         fn(x).square().sum().backward()
+        dx, = torch.autograd.grad(fn(x).square().sum(), x, create_graph=True)
+        dx.square().sum().backward()
     return {op for op in rec.ops if "norm" in op} - REDUCTIONS
 
 

@@ -1,5 +1,6 @@
 """normlib.torch against torch.nn where a user swapping one for the other would notice: old
-checkpoints, tracing, copying, half-given buffers, non-float input, inputs of the wrong rank."""
+checkpoints, tracing, copying, half-given buffers, non-float input, inputs of the wrong rank,
+second derivatives."""
 import copy
 import inspect
 import pickle
@@ -228,3 +229,34 @@ def test_convert_sync_batchnorm_matches_torch_s_structure():
     assert isinstance(converted[1][0], nt.SyncBatchNorm)
     assert converted[0].weight is model[0].weight
     assert list(converted.state_dict()) == list(model.state_dict())
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda m: m.BatchNorm2d(3), (4, 3, 2, 2)),
+    (lambda m: m.InstanceNorm1d(3, affine=True), (2, 3, 5)),
+    (lambda m: m.GroupNorm(2, 4), (3, 4, 5)),
+    (lambda m: m.LayerNorm([3, 4]), (2, 3, 4)),
+    (lambda m: m.LayerNorm(4, bias=False), (5, 4)),
+    (lambda m: m.RMSNorm(4), (5, 4)),
+])
+@pytest.mark.parametrize("training", [True, False])
+def test_gradient_penalty_matches_torch(make, shape, training):
+    """A WGAN-GP style penalty, ‖∂out/∂x‖², differentiated again: every parameter's and the
+    input's second-order gradients are torch.nn's (float64)."""
+    torch.manual_seed(0)
+    ours, theirs = make(nt).double().train(training), make(nn).double().train(training)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_()
+        ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(shape, dtype=torch.float64)
+    v = torch.randn(shape, dtype=torch.float64)
+    grads = []
+    for m in (ours, theirs):
+        xi = x.clone().requires_grad_()
+        dx, = torch.autograd.grad((m(xi) * v).sum(), xi, create_graph=True)
+        penalty = dx.square().sum()
+        grads.append(torch.autograd.grad(penalty, [xi, *m.parameters()], allow_unused=True,
+                                         materialize_grads=True))   # bias: unused, zero
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

@@ -123,3 +123,24 @@ def test_functional_dispatches_cuda_tensors_to_the_kernels():
     from normlib.torch import functional as F
     y = F.layer_norm(torch.randn(4, 64, device="cuda", requires_grad=True), [64])
     assert "TritonNorm" in type(y.grad_fn).__name__
+
+
+@pytest.mark.parametrize("center", [True, False], ids=["layer_norm", "rms_norm"])
+def test_second_derivatives_match_torch(center):
+    """A gradient penalty through the kernels' Function (its recorded backward is composite) gives
+    torch's second-order gradients of the input and the parameters."""
+    gen = torch.Generator().manual_seed(1)
+    x, v = (torch.randn(6, 40, generator=gen).to(DEVICE) for _ in range(2))
+    w = torch.randn(40, generator=gen).to(DEVICE)
+    b = torch.randn(40, generator=gen).to(DEVICE) if center else None
+    grads = []
+    for fn in (lambda x, w, b: triton_norm.triton_norm(x, w, b, 40, 1e-5, center),
+               lambda x, w, b: torch.nn.functional.layer_norm(x, [40], w, b) if center
+               else torch.nn.functional.rms_norm(x, [40], w, 1e-5)):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b) if t is not None]
+        dx, = torch.autograd.grad((fn(*leaves, *(None,) * (3 - len(leaves))) * v).sum(),
+                                  leaves[0], create_graph=True)
+        grads.append(torch.autograd.grad(dx.square().sum(), leaves, allow_unused=True,
+                                         materialize_grads=True))
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)

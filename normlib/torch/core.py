@@ -21,7 +21,13 @@ mean of (x - mean)² — two passes, never E[x²] - E[x]² — taken as ‖x - m
 `torch.linalg.vector_norm`, a plain reduction (sum of squares) that reads its input once without a
 temporary. Statistics are float32 for float16/bfloat16 input (float64 for float64); y returns in the
 input dtype.
+
+The hand-written backward passes work in place on fresh buffers and are not themselves recorded.
+When a backward is recorded (`create_graph=True`: gradient penalties, Hessian-vector products),
+each Function instead rebuilds y from its inputs with plain differentiable ops and lets autograd
+differentiate that (`_grads_with_graph`): slower, once per such call, and twice differentiable.
 """
+from functools import partial
 from math import prod
 
 import torch
@@ -48,6 +54,21 @@ def _param_grads(ctx, dweight, dbias, weight_meta, bias_meta):
     dweight = _as(dweight, weight_meta[1], weight_meta[0]) if weight_meta and want_dw else None
     dbias = _as(dbias, bias_meta[1], bias_meta[0]) if bias_meta and want_db else None
     return dweight, dbias
+
+
+def _grads_with_graph(ctx, rebuild, inputs, dy):
+    """Gradients of the first len(inputs) inputs of a Function when its backward is being recorded
+    (create_graph=True, so grad mode is on inside backward): y = rebuild(*inputs) is recomputed
+    with composite differentiable ops and differentiated by autograd, which records that too.
+    The statistics are rebuilt from x, so the second derivatives include their dependence on x."""
+    needs = ctx.needs_input_grad[:len(inputs)]
+    wanted = [t for t, need in zip(inputs, needs) if need]
+    grads = iter(())
+    if wanted:
+        with torch.enable_grad():
+            y = rebuild(*inputs)
+        grads = iter(torch.autograd.grad(y, wanted, dy, create_graph=True, allow_unused=True))
+    return tuple(next(grads) if need else None for need in needs)
 
 
 def _mean_square(xc, dims):
@@ -97,18 +118,22 @@ class _ChannelNorm(torch.autograd.Function):
         y.mul_(rstd if w4 is None else rstd * w4)
         if b4 is not None:
             y.add_(b4)
-        ctx.save_for_backward(xv, mean, rstd, w4)
+        ctx.save_for_backward(xv, mean, rstd, w4, x, weight, bias)
         ctx.meta = (x.shape, x.dtype, over_batch, not given, _meta(weight), _meta(bias))
+        ctx.rebuild = partial(_channel_y, groups=groups, over_batch=over_batch, eps=eps)
         ctx.mark_non_differentiable(out_mean, out_var)
         return _as(y, x.dtype, x.shape), out_mean, out_var
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dy, _dmean, _dvar):
-        xv, mean, rstd, w4 = ctx.saved_tensors
+        xv, mean, rstd, w4, x, weight, bias = ctx.saved_tensors
         x_shape, x_dtype, over_batch, batch_stats, weight_meta, bias_meta = ctx.meta
         if dy is None:                       # y's gradient undefined (zero): so are the inputs'
             return None, None, None, None, None, None, None, None
+        if torch.is_grad_enabled():          # create_graph=True: a backward that has a backward
+            fixed = None if batch_stats else (mean, rstd)
+            return _grads_with_graph(ctx, partial(ctx.rebuild, fixed=fixed), (x, weight, bias),
+                                     dy) + (None,) * 5
         dyv = _as(dy, xv.dtype, xv.shape)                                 # N, G, C/G, S
         sum_dy = dyv.sum(dim=3, keepdim=True)                             # N, G, C/G, 1
         buf = xv - mean                      # N, G, C/G, S: x - mean, then dy * (x - mean), then dx
@@ -134,6 +159,40 @@ class _ChannelNorm(torch.autograd.Function):
             dx = torch.sub(xv, mean, out=buf).mul_(-mean_dxhat_xhat * rstd * rstd) \
                 .sub_(mean_dxhat * rstd).addcmul_(dyv, k)
         return _as(dx, x_dtype, x_shape), dweight, dbias, None, None, None, None, None
+
+
+def _channel_y(x, weight, bias, *, groups, over_batch, eps, fixed):
+    """y of `_ChannelNorm` by plain differentiable ops, for `_grads_with_graph`; `fixed` is the
+    (mean, rstd) the forward was given (constants, (1, C, 1, 1)), None for batch statistics."""
+    cdt = compute_dtype(x.dtype)
+    n, c = x.shape[0], x.shape[1]
+    xv = x.to(cdt).reshape(n, groups, c // groups, prod(x.shape[2:]))   # N, G, C/G, S
+    if fixed is None:
+        dims = (0, 2, 3) if over_batch else (2, 3)
+        xc = xv - xv.mean(dim=dims, keepdim=True)
+        y = xc * torch.rsqrt(xc.square().mean(dim=dims, keepdim=True) + eps)
+    else:
+        y = (xv - fixed[0]) * fixed[1]
+    pshape = (1, groups, c // groups, 1)
+    if weight is not None:
+        y = y * weight.to(cdt).reshape(pshape)
+    if bias is not None:
+        y = y + bias.to(cdt).reshape(pshape)
+    return y.to(x.dtype).reshape(x.shape)
+
+
+def _feature_y(x, weight, bias, *, d, eps, center):
+    """y of `_FeatureNorm` (and of the Triton kernels) by plain differentiable ops, for
+    `_grads_with_graph`."""
+    cdt = compute_dtype(x.dtype)
+    x2 = x.to(cdt).reshape(_rows_shape(x, d))                            # M, D
+    xc = x2 - x2.mean(dim=1, keepdim=True) if center else x2
+    y = xc * torch.rsqrt(xc.square().mean(dim=1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.to(cdt).reshape(d)
+    if bias is not None:
+        y = y + bias.to(cdt).reshape(d)
+    return y.to(x.dtype).reshape(x.shape)
 
 
 def _as(t, dtype, shape):
@@ -229,15 +288,17 @@ class _FeatureNorm(torch.autograd.Function):
                      for rows in _row_blocks(x2)]
             mean = torch.cat([p[1] for p in parts]) if center else None  # M, 1
             rstd = torch.cat([p[2] for p in parts])                      # M, 1
-        ctx.save_for_backward(x, mean, rstd, weight)
+        ctx.save_for_backward(x, mean, rstd, weight, bias)
         ctx.meta = (d, center, _meta(weight), _meta(bias))
+        ctx.rebuild = partial(_feature_y, d=d, eps=eps, center=center)
         return _as(y, x.dtype, x.shape)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, mean, rstd, weight = ctx.saved_tensors
+        x, mean, rstd, weight, bias = ctx.saved_tensors
         d, center, weight_meta, bias_meta = ctx.meta
+        if torch.is_grad_enabled():          # create_graph=True: a backward that has a backward
+            return _grads_with_graph(ctx, ctx.rebuild, (x, weight, bias), dy) + (None,) * 3
         shape2 = _rows_shape(x, d)
         x2, dy2 = _as(x, rstd.dtype, shape2), _as(dy, rstd.dtype, shape2)  # M, D
         w = _as(weight, rstd.dtype, (d,))

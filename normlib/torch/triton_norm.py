@@ -20,12 +20,18 @@ The backward has two plans, because dw and db sum over rows while dx needs sums 
 - wide rows: whole-row accumulators would not fit in registers (they spill to memory and the kernel
   crawls), so dx comes from a kernel with one program per row and no accumulators, and dw, db from a
   second kernel that tiles the columns and sums down the rows. x and dy are read twice, all streams.
-Statistics and sums are float32 for every input dtype. Importing this module imports triton:
+Statistics and sums are float32 for every input dtype. A recorded backward (create_graph=True)
+runs the core's composite ops instead (`core._grads_with_graph`), so second derivatives work here
+too. Importing this module imports triton:
 callers import it lazily (normlib.torch.functional does).
 """
+from functools import partial
+
 import torch
 import triton
 import triton.language as tl
+
+from .core import _feature_y, _grads_with_graph
 
 MAX_FUSED_BYTES = 65536   # rows up to this size (in the input dtype) stay in registers
 CHUNK_N = 4096            # wider rows are streamed in chunks of this many columns
@@ -215,9 +221,9 @@ class _TritonNorm(torch.autograd.Function):
     """LayerNorm (center=True) or RMSNorm (center=False) over the last dim of x viewed as (M, N)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, n, eps, center):
-        weight = None if weight is None else weight.contiguous()
-        bias = None if bias is None else bias.contiguous()
+    def forward(ctx, x, weight_in, bias_in, n, eps, center):
+        weight = None if weight_in is None else weight_in.contiguous()
+        bias = None if bias_in is None else bias_in.contiguous()
         x2 = x.reshape(-1, n)
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
@@ -232,15 +238,17 @@ class _TritonNorm(torch.autograd.Function):
                 mean, rstd, x2.stride(0), y.stride(0), n, eps,
                 HAS_W=weight is not None, HAS_B=bias is not None, CENTER=center,
                 BLOCK_N=block_n, ONE_BLOCK=one_block, num_warps=_warps(block_n))
-        ctx.save_for_backward(x2, weight, mean, rstd)
+        ctx.save_for_backward(x2, weight, mean, rstd, x, weight_in, bias_in)
         ctx.meta = (x.shape, n, center, None if bias is None else (bias.shape, bias.dtype))
+        ctx.rebuild = partial(_feature_y, d=n, eps=eps, center=center)
         return y.reshape(x.shape)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x2, weight, mean, rstd = ctx.saved_tensors
+        x2, weight, mean, rstd, x, weight_in, bias_in = ctx.saved_tensors
         x_shape, n, center, bias_meta = ctx.meta
+        if torch.is_grad_enabled():   # create_graph=True: composite ops autograd can differentiate
+            return _grads_with_graph(ctx, ctx.rebuild, (x, weight_in, bias_in), dy) + (None,) * 3
         dy2 = dy.reshape(-1, n)
         if dy2.stride(-1) != 1:
             dy2 = dy2.contiguous()
