@@ -144,3 +144,20 @@ def test_second_derivatives_match_torch(center):
                                          materialize_grads=True))
     for ours, theirs in zip(*grads):
         torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")   # torch's jvp decomps
+@pytest.mark.parametrize("center", [True, False], ids=["layer_norm", "rms_norm"])
+def test_function_transforms_match_torch(center):
+    """Under torch.func (vmap of grad, jvp) the kernels' entry point runs the core's composite
+    ops, where the Function would need transform rules: the answers are torch's."""
+    gen = torch.Generator().manual_seed(2)
+    xs, t = (torch.randn(3, 5, 40, generator=gen).to(DEVICE) for _ in range(2))
+    w = torch.randn(40, generator=gen).to(DEVICE)
+    ours = lambda x: triton_norm.triton_norm(x, w, None, 40, 1e-5, center)   # noqa: E731
+    theirs = lambda x: (torch.nn.functional.layer_norm(x, [40], w) if center   # noqa: E731
+                        else torch.nn.functional.rms_norm(x, [40], w, 1e-5))
+    for transform in (lambda f: torch.func.vmap(torch.func.grad(lambda x: f(x).sin().sum())),
+                      lambda f: lambda x: torch.func.jvp(f, (x,), (t,))[1]):
+        torch.testing.assert_close(transform(ours)(xs), transform(theirs)(xs), rtol=1e-4,
+                                   atol=1e-4)

@@ -26,6 +26,9 @@ The hand-written backward passes work in place on fresh buffers and are not them
 When a backward is recorded (`create_graph=True`: gradient penalties, Hessian-vector products),
 each Function instead rebuilds y from its inputs with plain differentiable ops and lets autograd
 differentiate that (`_grads_with_graph`): slower, once per such call, and twice differentiable.
+Under torch.func transforms (grad, vmap, jacrev, ...) and forward-mode AD, where an
+autograd.Function would need rules of its own, the same plain ops replace the Functions
+(`_composite_only`): the formulas are the same, autograd supplies every derivative.
 """
 from functools import partial
 from math import prod
@@ -54,6 +57,16 @@ def _param_grads(ctx, dweight, dbias, weight_meta, bias_meta):
     dweight = _as(dweight, weight_meta[1], weight_meta[0]) if weight_meta and want_dw else None
     dbias = _as(dbias, bias_meta[1], bias_meta[0]) if bias_meta and want_db else None
     return dweight, dbias
+
+
+# torch >= 2.0; a torch without it has no transforms to detect
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def _composite_only():
+    """True inside a torch.func transform or a forward-mode AD level (torch.autograd.forward_ad):
+    the layers then run as plain differentiable ops, which every transform supports."""
+    return _functorch_active() or torch.autograd.forward_ad._current_level >= 0
 
 
 def _grads_with_graph(ctx, rebuild, inputs, dy):
@@ -161,24 +174,34 @@ class _ChannelNorm(torch.autograd.Function):
         return _as(dx, x_dtype, x_shape), dweight, dbias, None, None, None, None, None
 
 
-def _channel_y(x, weight, bias, *, groups, over_batch, eps, fixed):
-    """y of `_ChannelNorm` by plain differentiable ops, for `_grads_with_graph`; `fixed` is the
-    (mean, rstd) the forward was given (constants, (1, C, 1, 1)), None for batch statistics."""
+def _channel_composite(x, weight, bias, groups, over_batch, eps, fixed):
+    """(y, mean, var) of `_ChannelNorm` by plain differentiable ops; `fixed` is the given
+    (mean, rstd), constants of shape (1, C, 1, 1), or None for batch statistics, whose mean and
+    var come back as (N or 1, G) (empty for given ones)."""
     cdt = compute_dtype(x.dtype)
     n, c = x.shape[0], x.shape[1]
     xv = x.to(cdt).reshape(n, groups, c // groups, prod(x.shape[2:]))   # N, G, C/G, S
     if fixed is None:
         dims = (0, 2, 3) if over_batch else (2, 3)
-        xc = xv - xv.mean(dim=dims, keepdim=True)
-        y = xc * torch.rsqrt(xc.square().mean(dim=dims, keepdim=True) + eps)
+        mean = xv.mean(dim=dims, keepdim=True)                            # kn, G, 1, 1
+        xc = xv - mean
+        var = xc.square().mean(dim=dims, keepdim=True)                    # kn, G, 1, 1
+        y = xc * torch.rsqrt(var + eps)
+        mean, var = mean.detach().view(-1, groups), var.detach().view(-1, groups)
     else:
         y = (xv - fixed[0]) * fixed[1]
+        mean = var = xv.new_empty(0)
     pshape = (1, groups, c // groups, 1)
     if weight is not None:
         y = y * weight.to(cdt).reshape(pshape)
     if bias is not None:
         y = y + bias.to(cdt).reshape(pshape)
-    return y.to(x.dtype).reshape(x.shape)
+    return y.to(x.dtype).reshape(x.shape), mean, var
+
+
+def _channel_y(x, weight, bias, *, groups, over_batch, eps, fixed):
+    """y of `_ChannelNorm` by plain differentiable ops, for `_grads_with_graph`."""
+    return _channel_composite(x, weight, bias, groups, over_batch, eps, fixed)[0]
 
 
 def _feature_y(x, weight, bias, *, d, eps, center):
@@ -326,9 +349,17 @@ def channel_norm(x, weight, bias, groups, over_batch, eps, stats=None):
     GroupNorm; `stats` = (mean, var) per channel normalizes with given statistics instead
     (passed to the Function as two tensors: torch.jit.trace cannot record a tuple argument)."""
     mean, var = (None, None) if stats is None else stats
+    if _composite_only():
+        fixed = None
+        if stats is not None:
+            cdt, given = compute_dtype(x.dtype), (1, x.shape[1], 1, 1)
+            fixed = (mean.to(cdt).reshape(given), torch.rsqrt(var.to(cdt).reshape(given) + eps))
+        return _channel_composite(x, weight, bias, int(groups), over_batch, float(eps), fixed)
     return _ChannelNorm.apply(x, weight, bias, int(groups), over_batch, float(eps), mean, var)
 
 
 def feature_norm(x, weight, bias, d, eps, center=True):
     """y for LayerNorm (center) and RMSNorm (not center) over the last axes, d values a row."""
+    if _composite_only():
+        return _feature_y(x, weight, bias, d=d, eps=float(eps), center=center)
     return _FeatureNorm.apply(x, weight, bias, d, float(eps), center)

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .core import _feature_y, _grads_with_graph
+from .core import _composite_only, _feature_y, _grads_with_graph
 
 MAX_FUSED_BYTES = 65536   # rows up to this size (in the input dtype) stay in registers
 CHUNK_N = 4096            # wider rows are streamed in chunks of this many columns
@@ -284,5 +284,8 @@ class _TritonNorm(torch.autograd.Function):
 
 
 def triton_norm(x, weight, bias, n, eps, center=True):
-    """y for LayerNorm (center) or RMSNorm over the last axes (n values a row), by the kernels."""
+    """y for LayerNorm (center) or RMSNorm over the last axes (n values a row), by the kernels
+    (by the core's composite ops under torch.func transforms and forward-mode AD)."""
+    if _composite_only():
+        return _feature_y(x, weight, bias, d=n, eps=float(eps), center=center)
     return _TritonNorm.apply(x, weight, bias, n, float(eps), center)
