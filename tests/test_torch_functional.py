@@ -56,9 +56,11 @@ GRADCHECK = {
 
 @pytest.mark.parametrize("case", list(GRADCHECK))
 def test_gradcheck_float64(case):
+    """Also batched gradients (is_grads_batched, as vectorized jacobians use): the backward then
+    runs under vmap."""
     torch.manual_seed(0)
     fn, inputs = GRADCHECK[case]()
-    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradcheck(fn, inputs, check_batched_grad=True)
 
 
 @pytest.mark.parametrize("case", list(GRADCHECK))
@@ -67,7 +69,7 @@ def test_gradgradcheck_float64(case):
     of the first: gradient penalties and Hessian-vector products work as with torch.nn."""
     torch.manual_seed(0)
     fn, inputs = GRADCHECK[case]()
-    assert torch.autograd.gradgradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs, check_batched_grad=True)
 
 
 # A vector norm is a reduction (the root of a sum of squares), not a normalization layer: the core

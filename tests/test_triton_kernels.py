@@ -150,7 +150,8 @@ def test_second_derivatives_match_torch(center):
 @pytest.mark.parametrize("center", [True, False], ids=["layer_norm", "rms_norm"])
 def test_function_transforms_match_torch(center):
     """Under torch.func (vmap of grad, jvp) the kernels' entry point runs the core's composite
-    ops, where the Function would need transform rules: the answers are torch's."""
+    ops, where the Function would need transform rules, and a backward given a batch of dy
+    (a vectorized jacobian) runs them too: the answers are torch's."""
     gen = torch.Generator().manual_seed(2)
     xs, t = (torch.randn(3, 5, 40, generator=gen).to(DEVICE) for _ in range(2))
     w = torch.randn(40, generator=gen).to(DEVICE)
@@ -158,6 +159,8 @@ def test_function_transforms_match_torch(center):
     theirs = lambda x: (torch.nn.functional.layer_norm(x, [40], w) if center   # noqa: E731
                         else torch.nn.functional.rms_norm(x, [40], w, 1e-5))
     for transform in (lambda f: torch.func.vmap(torch.func.grad(lambda x: f(x).sin().sum())),
-                      lambda f: lambda x: torch.func.jvp(f, (x,), (t,))[1]):
+                      lambda f: lambda x: torch.func.jvp(f, (x,), (t,))[1],
+                      lambda f: lambda x: torch.autograd.functional.jacobian(   # batched dy
+                          f, x[0], vectorize=True)):
         torch.testing.assert_close(transform(ours)(xs), transform(theirs)(xs), rtol=1e-4,
                                    atol=1e-4)

@@ -23,9 +23,10 @@ temporary. Statistics are float32 for float16/bfloat16 input (float64 for float6
 input dtype.
 
 The hand-written backward passes work in place on fresh buffers and are not themselves recorded.
-When a backward is recorded (`create_graph=True`: gradient penalties, Hessian-vector products),
-each Function instead rebuilds y from its inputs with plain differentiable ops and lets autograd
-differentiate that (`_grads_with_graph`): slower, once per such call, and twice differentiable.
+When a backward is recorded (`create_graph=True`: gradient penalties, Hessian-vector products) or
+is handed a vmapped batch of dy (`is_grads_batched`, vectorized jacobians), each Function instead
+rebuilds y from its inputs with plain differentiable ops and lets autograd differentiate that
+(`_grads_with_graph`): slower, once per such call, and twice differentiable.
 Under torch.func transforms (grad, vmap, jacrev, ...) and forward-mode AD, where an
 autograd.Function would need rules of its own, the same plain ops replace the Functions
 (`_composite_only`): the formulas are the same, autograd supplies every derivative.
@@ -59,8 +60,10 @@ def _param_grads(ctx, dweight, dbias, weight_meta, bias_meta):
     return dweight, dbias
 
 
-# torch >= 2.0; a torch without it has no transforms to detect
+# torch >= 2.0; a torch without them has no transforms to detect
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+_legacy_batched = getattr(getattr(torch._C, "_functorch", None), "is_legacy_batchedtensor",
+                          lambda t: False)   # the vmap of autograd.grad(is_grads_batched=True)
 
 
 def _composite_only():
@@ -69,18 +72,26 @@ def _composite_only():
     return _functorch_active() or torch.autograd.forward_ad._current_level >= 0
 
 
+def _composite_backward(dy):
+    """True when a Function's backward must be made of plain differentiable ops: when it is being
+    recorded (create_graph=True turns grad mode on inside backward), or when dy is a vmapped
+    tensor (autograd.grad(is_grads_batched=True), vectorized jacobians, torch.func)."""
+    return torch.is_grad_enabled() or _functorch_active() or _legacy_batched(dy)
+
+
 def _grads_with_graph(ctx, rebuild, inputs, dy):
-    """Gradients of the first len(inputs) inputs of a Function when its backward is being recorded
-    (create_graph=True, so grad mode is on inside backward): y = rebuild(*inputs) is recomputed
-    with composite differentiable ops and differentiated by autograd, which records that too.
-    The statistics are rebuilt from x, so the second derivatives include their dependence on x."""
+    """Gradients of the first len(inputs) inputs of a Function for `_composite_backward`: y =
+    rebuild(*inputs) is recomputed with composite differentiable ops and differentiated by
+    autograd, which records that too when grad mode is on. The statistics are rebuilt from x, so
+    second derivatives include their dependence on x."""
+    record = torch.is_grad_enabled()
     needs = ctx.needs_input_grad[:len(inputs)]
     wanted = [t for t, need in zip(inputs, needs) if need]
     grads = iter(())
     if wanted:
         with torch.enable_grad():
             y = rebuild(*inputs)
-        grads = iter(torch.autograd.grad(y, wanted, dy, create_graph=True, allow_unused=True))
+        grads = iter(torch.autograd.grad(y, wanted, dy, create_graph=record, allow_unused=True))
     return tuple(next(grads) if need else None for need in needs)
 
 
@@ -143,7 +154,7 @@ class _ChannelNorm(torch.autograd.Function):
         x_shape, x_dtype, over_batch, batch_stats, weight_meta, bias_meta = ctx.meta
         if dy is None:                       # y's gradient undefined (zero): so are the inputs'
             return None, None, None, None, None, None, None, None
-        if torch.is_grad_enabled():          # create_graph=True: a backward that has a backward
+        if _composite_backward(dy):          # create_graph=True, or batched gradients
             fixed = None if batch_stats else (mean, rstd)
             return _grads_with_graph(ctx, partial(ctx.rebuild, fixed=fixed), (x, weight, bias),
                                      dy) + (None,) * 5
@@ -320,7 +331,7 @@ class _FeatureNorm(torch.autograd.Function):
     def backward(ctx, dy):
         x, mean, rstd, weight, bias = ctx.saved_tensors
         d, center, weight_meta, bias_meta = ctx.meta
-        if torch.is_grad_enabled():          # create_graph=True: a backward that has a backward
+        if _composite_backward(dy):          # create_graph=True, or batched gradients
             return _grads_with_graph(ctx, ctx.rebuild, (x, weight, bias), dy) + (None,) * 3
         shape2 = _rows_shape(x, d)
         x2, dy2 = _as(x, rstd.dtype, shape2), _as(dy, rstd.dtype, shape2)  # M, D

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .core import _composite_only, _feature_y, _grads_with_graph
+from .core import _composite_backward, _composite_only, _feature_y, _grads_with_graph
 
 MAX_FUSED_BYTES = 65536   # rows up to this size (in the input dtype) stay in registers
 CHUNK_N = 4096            # wider rows are streamed in chunks of this many columns
@@ -247,7 +247,7 @@ class _TritonNorm(torch.autograd.Function):
     def backward(ctx, dy):
         x2, weight, mean, rstd, x, weight_in, bias_in = ctx.saved_tensors
         x_shape, n, center, bias_meta = ctx.meta
-        if torch.is_grad_enabled():   # create_graph=True: composite ops autograd can differentiate
+        if _composite_backward(dy):   # create_graph=True or batched grads: composite ops
             return _grads_with_graph(ctx, ctx.rebuild, (x, weight_in, bias_in), dy) + (None,) * 3
         dy2 = dy.reshape(-1, n)
         if dy2.stride(-1) != 1:
