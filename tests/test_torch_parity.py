@@ -260,3 +260,37 @@ def test_gradient_penalty_matches_torch(make, shape, training):
                                          materialize_grads=True))   # bias: unused, zero
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda m: m.BatchNorm1d(4), (5, 4)),
+    (lambda m: m.InstanceNorm1d(4, affine=True, track_running_stats=True), (2, 4, 5)),
+    (lambda m: m.GroupNorm(2, 4), (3, 4, 5)),
+    (lambda m: m.LayerNorm(4), (5, 4)),
+    (lambda m: m.RMSNorm(4), (5, 4)),
+])
+def test_torch_compile_matches_torch(make, shape):
+    """torch.compile (its graph capture and autograd tracing: the aot_eager backend, which needs no
+    C++ compiler) runs each layer without a warning: outputs, gradients, running statistics and
+    eval outputs are torch.nn's."""
+    torch.manual_seed(0)
+    ours, theirs = make(nt), make(nn)
+    compiled = torch.compile(ours, backend="aot_eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(2):
+            x = (torch.randn(shape) * 2 + 1).requires_grad_()
+            xb = x.detach().clone().requires_grad_()
+            ya, yb = compiled(x), theirs(xb)
+            torch.testing.assert_close(ya, yb)
+            ya.square().sum().backward()
+            yb.square().sum().backward()
+            torch.testing.assert_close(x.grad, xb.grad, rtol=1e-4, atol=1e-5)
+        ours.eval(), theirs.eval()
+        x = torch.randn(shape)
+        torch.testing.assert_close(compiled(x), theirs(x))
+    assert not caught, [str(w.message) for w in caught]
+    for k, v in theirs.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[k], v)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)

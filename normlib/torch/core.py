@@ -64,6 +64,7 @@ def _param_grads(ctx, dweight, dbias, weight_meta, bias_meta):
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 _legacy_batched = getattr(getattr(torch._C, "_functorch", None), "is_legacy_batchedtensor",
                           lambda t: False)   # the vmap of autograd.grad(is_grads_batched=True)
+_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
 def _composite_only():
@@ -76,7 +77,8 @@ def _composite_backward(dy):
     """True when a Function's backward must be made of plain differentiable ops: when it is being
     recorded (create_graph=True turns grad mode on inside backward), or when dy is a vmapped
     tensor (autograd.grad(is_grads_batched=True), vectorized jacobians, torch.func)."""
-    return torch.is_grad_enabled() or _functorch_active() or _legacy_batched(dy)
+    return torch.is_grad_enabled() or _functorch_active() or \
+        (not _compiling() and _legacy_batched(dy))     # torch.compile cannot trace the check
 
 
 def _grads_with_graph(ctx, rebuild, inputs, dy):
@@ -124,7 +126,8 @@ class _ChannelNorm(torch.autograd.Function):
         if given:                                                         # given, per channel
             mean, var = (_as(t, cdt, (1, c, 1, 1)) for t in (stat_mean, stat_var))  # 1, C, 1, 1
             y = xv - mean                                                 # N, G, C/G, S
-            out_mean = out_var = xv.new_empty(0)
+            # two tensors, not one returned twice: torch.compile's tracing fails on that
+            out_mean, out_var = xv.new_empty(0), xv.new_empty(0)
         else:
             dims = (0, 2, 3) if over_batch else (2, 3)
             if x.numel() == 0:
@@ -132,7 +135,8 @@ class _ChannelNorm(torch.autograd.Function):
                 # over no values must stay 0 (0 * nan would be nan)
                 mean = var = xv.new_zeros((1 if over_batch else n, groups, 1, 1))
                 y = xv.clone(memory_format=torch.contiguous_format)
-                out_mean = out_var = torch.full_like(mean.view(-1, groups), float("nan"))
+                out_mean, out_var = (torch.full_like(mean.view(-1, groups), float("nan"))
+                                     for _ in range(2))
             else:
                 mean = xv.mean(dim=dims, keepdim=True)                    # kn, G, 1, 1
                 y = xv - mean                                             # x - mean, then y
