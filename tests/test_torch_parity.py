@@ -294,3 +294,22 @@ def test_torch_compile_matches_torch(make, shape):
         torch.testing.assert_close(ours.state_dict()[k], v)
     for a, b in zip(ours.parameters(), theirs.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda m: m.BatchNorm1d(4), (5, 4)),
+    (lambda m: m.InstanceNorm1d(4, affine=True), (2, 4, 5)),
+    (lambda m: m.GroupNorm(2, 4), (3, 4, 5)),
+    (lambda m: m.LayerNorm(4), (5, 4)),
+    (lambda m: m.RMSNorm(4), (5, 4)),
+])
+def test_torch_export_matches_torch(make, shape):
+    """torch.export (for deployment) captures each layer in eval mode as normlib's own ops, not
+    torch's norm kernels, and the exported program computes torch.nn's output."""
+    torch.manual_seed(0)
+    ours, theirs = make(nt).eval(), make(nn).eval()
+    x = torch.randn(shape) * 2 + 1
+    program = torch.export.export(ours, (x,))
+    ops = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert ops and not {op for op in ops if "norm" in op} - {"aten.linalg_vector_norm.default"}
+    torch.testing.assert_close(program.module()(x), theirs(x))

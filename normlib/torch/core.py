@@ -114,6 +114,7 @@ class _ChannelNorm(torch.autograd.Function):
     """
 
     @staticmethod
+    @torch.no_grad()   # as in eager; torch.export traces forward with grad on
     def forward(ctx, x, weight, bias, groups, over_batch, eps, stat_mean, stat_var):
         ctx.set_materialize_grads(False)             # no zero gradients made for mean and var
         cdt = compute_dtype(x.dtype)
@@ -314,6 +315,7 @@ class _FeatureNorm(torch.autograd.Function):
     """
 
     @staticmethod
+    @torch.no_grad()   # as in eager; torch.export traces forward with grad on
     def forward(ctx, x, weight, bias, d, eps, center):
         cdt = compute_dtype(x.dtype)
         x2 = _as(x, cdt, _rows_shape(x, d))                               # M, D
