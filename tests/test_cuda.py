@@ -43,6 +43,19 @@ def test_cuda_matches_torch_nn(make, shape, dtype, params):
         torch.testing.assert_close(ba.float(), bb.float(), **tol)
 
 
+@pytest.mark.parametrize("make, shape", MODULES)
+def test_autocast_gives_torch_s_dtype_and_values(make, shape):
+    """Under CUDA autocast torch runs LayerNorm and GroupNorm in float32 (float32 out for half
+    input) and the others in the input dtype: the same result dtypes here."""
+    torch.manual_seed(0)
+    ours, theirs = make(nt).cuda(), make(torch.nn).cuda()
+    x = (torch.randn(shape, device="cuda") * 2 + 3).half()
+    with torch.autocast("cuda", dtype=torch.float16):
+        ya, yb = ours(x), theirs(x)
+    assert ya.dtype == yb.dtype
+    torch.testing.assert_close(ya.float(), yb.float(), rtol=3e-2, atol=3e-2)
+
+
 def test_cuda_gradcheck_float64():
     from normlib.torch import functional as F
     x = torch.randn(4, 3, 5, device="cuda", dtype=torch.float64, requires_grad=True)

@@ -48,6 +48,15 @@ def _check_dtype(name, input):
                            f"it first, e.g. input.float()")
 
 
+def _autocast_float32(*tensors):
+    """Under CUDA autocast torch runs layer_norm and group_norm in float32 and returns float32 (its
+    "fp32" list): float16/bfloat16 tensors are cast up, so our result has torch's dtype too."""
+    if not (tensors[0].is_cuda and torch.is_autocast_enabled("cuda")):
+        return tensors
+    return tuple(t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t
+                 for t in tensors)
+
+
 @torch.no_grad()
 def _update_running(running, batch_stat, momentum):
     """running <- (1 - momentum) * running + momentum * batch_stat, in place (PyTorch's convention)."""
@@ -127,6 +136,7 @@ def layer_norm(input: Tensor, normalized_shape: List[int], weight: Optional[Tens
     ax.layer_norm_axes(shape, normalized_shape)
     nshape = ax.normalized_shape_tuple(normalized_shape)
     _check_params("layer_norm", nshape, weight=weight, bias=bias)
+    input, weight, bias = _autocast_float32(input, weight, bias)
     kernels = _triton_kernels(input)
     if kernels is not None:
         return kernels.triton_norm(input, weight, bias, prod(nshape), eps)
@@ -161,4 +171,5 @@ def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
     shape = tuple(input.shape)
     ax.group_norm_shape(shape, num_groups)
     _check_params("group_norm", (shape[1],), weight=weight, bias=bias)
+    input, weight, bias = _autocast_float32(input, weight, bias)
     return channel_norm(input, weight, bias, num_groups, False, eps)[0]
