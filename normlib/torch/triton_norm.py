@@ -21,8 +21,8 @@ The backward has two plans, because dw and db sum over rows while dx needs sums 
   crawls), so dx comes from a kernel with one program per row and no accumulators, and dw, db from a
   second kernel that tiles the columns and sums down the rows. x and dy are read twice, all streams.
 Statistics and sums are float32 for every input dtype. A recorded backward (create_graph=True)
-runs the core's composite ops instead (`core._grads_with_graph`), so second derivatives work here
-too. Importing this module imports triton:
+or one handed a vmapped dy runs the core's composite ops instead (`core._grads_with_graph`), so
+second derivatives and batched gradients work here too. Importing this module imports triton:
 callers import it lazily (normlib.torch.functional does).
 """
 from functools import partial
