@@ -1,5 +1,6 @@
 """normlib.torch modules vs their torch.nn twins: random shapes and settings (hypothesis), train
-steps, running statistics, eval, every gradient, state_dict both ways, repr, bad input."""
+steps, running statistics, eval, every gradient (second-order ones too), state_dict both ways,
+repr, bad input."""
 import inspect
 
 import pytest
@@ -44,10 +45,28 @@ def _compare(ours, theirs, shape, gen, steps=2):
         for (name, pa), pb in zip(ours.named_parameters(), theirs.parameters()):
             torch.testing.assert_close(pa.grad, pb.grad, **TOL, msg=name)
             pa.grad = pb.grad = None
+        _compare_second_order(ours, theirs, x, dy)
         sa, sb = ours.state_dict(), theirs.state_dict()
         assert list(sa) == list(sb)
         for k in sa:
             torch.testing.assert_close(sa[k], sb[k], **TOL, msg=k)
+
+
+def _compare_second_order(ours, theirs, x, dy):
+    """A gradient penalty ‖∂(y·dy)/∂x‖², differentiated again: the input's and the parameters'
+    gradients agree. (One more forward: in training both sides' running statistics move once
+    more, alike.) Where y is affine in x with constant coefficients (eval without γ) the penalty
+    may have no graph at all: its gradients are zeros."""
+    found = []
+    for m in (ours, theirs):
+        xi = x.clone().requires_grad_()
+        wrt = [xi, *m.parameters()]
+        dx, = torch.autograd.grad((m(xi) * dy).sum(), xi, create_graph=True)
+        penalty = dx.square().sum()
+        found.append(torch.autograd.grad(penalty, wrt, allow_unused=True, materialize_grads=True)
+                     if penalty.requires_grad else [torch.zeros_like(t) for t in wrt])
+    for a, b in zip(*found):
+        torch.testing.assert_close(a, b, **TOL)
 
 
 momenta = st.sampled_from([0.1, 0.5, None])
