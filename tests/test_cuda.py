@@ -61,3 +61,17 @@ def test_cuda_gradcheck_float64():
     x = torch.randn(4, 3, 5, device="cuda", dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, device="cuda", dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w: F.group_norm(x, 3, w), (x, w))
+
+
+def test_swap_batchnorm_puts_the_new_layers_on_the_model_s_device():
+    from normlib import lab
+    from normlib.lab import running
+    model = lab.MLP([4, 8, 3], norm="batch").cuda().eval()
+    x = torch.randn(5, 4, device="cuda")
+    for make in (lambda bn: running.BatchRenorm1d(bn.num_features),
+                 lambda bn: running.Algorithm2BatchNorm1d(bn.num_features, batch_size=4)):
+        swapped = running.swap_batchnorm(model, make)
+        assert all(t.is_cuda for t in swapped.state_dict().values())
+        assert swapped.eval()(x).is_cuda and swapped.train()(x).is_cuda   # chapter 07 runs both
+    swapped = running.swap_batchnorm(model, lambda bn: running.BatchRenorm1d(bn.num_features))
+    torch.testing.assert_close(swapped.eval()(x), model(x))   # eval: BatchNorm's running statistics

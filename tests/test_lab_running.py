@@ -125,6 +125,9 @@ def test_swap_batchnorm_keeps_state_and_class_pair_batches():
     assert sum(isinstance(m, running.BatchRenorm1d) for m in swapped.modules()) == 2
     x = torch.randn(5, 4)
     assert torch.allclose(swapped.eval()(x), model.eval()(x))
+    double = running.swap_batchnorm(model.double(), lambda bn: running.BatchRenorm1d(bn.num_features))
+    assert all(t.dtype == torch.float64 for t in double.state_dict().values() if t.is_floating_point())
+    assert torch.allclose(double.eval()(x.double()), model(x.double()))    # the layer follows the model
     y = torch.arange(40) % 5
     batch = next(running.class_pair_batches(y, 10, torch.Generator().manual_seed(0)))
     assert len(batch) == 10 and len(set(y[batch].tolist())) == 2

@@ -203,12 +203,15 @@ class Algorithm2BatchNorm1d(nn.Module):
 
 
 def swap_batchnorm(model, make):
-    """A copy of `model` with each BatchNorm1d `bn` replaced by `make(bn)` (state_dict loaded)."""
+    """A copy of `model` with each BatchNorm1d `bn` replaced by `make(bn)` (state_dict loaded),
+    placed on bn's device and in its floating dtype."""
     model = copy.deepcopy(model)
     for name, child in model.named_children():
         if isinstance(child, (nn.BatchNorm1d, nt.BatchNorm1d)):
-            new = make(child)
-            new.load_state_dict(child.state_dict())
+            state = child.state_dict()
+            like = next((t for t in state.values() if t.is_floating_point()), None)
+            new = make(child) if like is None else make(child).to(like.device, like.dtype)
+            new.load_state_dict(state)
             setattr(model, name, new)
         else:
             setattr(model, name, swap_batchnorm(child, make))
