@@ -12,14 +12,13 @@ import argparse
 import json
 import os
 import pathlib
-import re
 import sys
 import tempfile
 
 import nbformat
-from nbclient import NotebookClient
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from notebook_times import execute  # noqa: E402
 from toc_notebooks import ROOT, notebooks  # noqa: E402
 
 FULL_LINE = 'FULL = device.type == "cuda"'
@@ -82,14 +81,7 @@ def measure(path, full, log):
             return f"expected one cell with `{FULL_LINE}`, found {len(cells)}"
         cells[0].source = cells[0].source.replace(FULL_LINE, "FULL = True")
     nb.cells.insert(0, nbformat.v4.new_code_cell(RECORDER.replace("__PATH__", repr(str(log)))))
-    client = NotebookClient(nb, timeout=5400, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
-    try:
-        client.execute()
-    except Exception as e:  # noqa: BLE001 - report any failure and go on with the next chapter
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()     # no terminal colours
-        return f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}"
-    return None
+    return execute(nb, path.parent, timeout=5400)      # FULL chapters take minutes on a CPU
 
 
 def main():
@@ -100,7 +92,7 @@ def main():
     args = parser.parse_args()
     os.environ.setdefault("NORMBOOK_QUIET", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # as scripts/test.sh
-    paths = [ROOT / p for p in notebooks() if not args.stems or pathlib.Path(p).stem in args.stems]
+    paths = [ROOT / p for p in notebooks(args.stems)]
     failed = 0
     for path in paths:
         with tempfile.TemporaryDirectory() as tmp:

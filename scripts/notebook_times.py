@@ -9,6 +9,7 @@ fails; a notebook over budget is flagged in the table (machines differ, so it is
 import os
 import pathlib
 import platform
+import re
 import sys
 import time
 
@@ -23,25 +24,29 @@ BUDGET_S = {"08-pre-post-norm": 120, "09-batch-size-syncbn": 150, "10-fast-norms
 DEFAULT_BUDGET_S = 90
 
 
-def run(path):
-    """(seconds, error or None) for executing one notebook in its own folder."""
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=1800, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
-    start = time.perf_counter()
+def execute(nb, folder, timeout=1800):
+    """Run notebook `nb` in `folder` (in place); None, or the error's type and last line."""
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(folder)}})
     try:
         client.execute()
-        error = None
     except Exception as e:  # noqa: BLE001 - report any failure and go on with the next chapter
-        error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()     # no terminal colours
+        return f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}"
+    return None
+
+
+def run(path):
+    """(seconds, error or None) for executing one notebook in its own folder."""
+    start = time.perf_counter()
+    error = execute(nbformat.read(path, as_version=4), path.parent)
     return time.perf_counter() - start, error
 
 
 def main():
     os.environ.setdefault("NORMBOOK_QUIET", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # as scripts/test.sh
-    chosen = sys.argv[1:]
-    paths = [ROOT / p for p in notebooks() if not chosen or pathlib.Path(p).stem in chosen]
+    paths = [ROOT / p for p in notebooks(sys.argv[1:])]
     try:
         import torch
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"

@@ -16,11 +16,13 @@ def files(entry):
                 yield from files(child)
 
 
-def notebooks():
-    """Paths (relative to the repository root) of the notebooks in the TOC, in TOC order."""
+def notebooks(stems=()):
+    """Paths (relative to the repository root) of the notebooks in the TOC, in TOC order; only
+    those named in `stems` (e.g. "03-layernorm") when it is not empty."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     out = [toc["root"]] + list(files(toc))
-    return [f + ".ipynb" for f in out if (ROOT / (f + ".ipynb")).exists()]
+    return [f + ".ipynb" for f in out if (ROOT / (f + ".ipynb")).exists()
+            and (not stems or pathlib.Path(f).name in stems)]
 
 
 if __name__ == "__main__":
