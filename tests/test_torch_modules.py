@@ -244,3 +244,85 @@ def test_momentum_semantics(momentum):
         (0.1 * 0.9 ** (2 - i) if momentum else 1 / 3) * b.var(0, unbiased=True)
         for i, b in enumerate(batches))
     torch.testing.assert_close(m.running_var, want_var)
+
+
+TWINS = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d",
+         "InstanceNorm3d", "LayerNorm", "GroupNorm", "RMSNorm"]
+
+
+@pytest.mark.parametrize("name", TWINS)
+def test_each_layer_is_an_instance_of_its_torch_twin(name):
+    """Code that picks layers by type finds ours; the methods that run are still ours."""
+    args = (2, 4) if name == "GroupNorm" else (4,)
+    m = getattr(nt, name)(*args)
+    assert isinstance(m, getattr(torch.nn, name))
+    for method in ("__init__", "forward", "extra_repr", "reset_parameters"):
+        assert getattr(type(m), method).__module__ == "normlib.torch.modules", method
+    assert isinstance(nt.SyncBatchNorm(4), torch.nn.modules.batchnorm._BatchNorm)
+    # not torch's SyncBatchNorm: DistributedDataParallel refuses CPU models that hold one
+    assert not isinstance(nt.SyncBatchNorm(4), torch.nn.SyncBatchNorm)
+
+
+def test_freezing_batchnorm_by_type_keeps_running_statistics():
+    """The fine-tuning idiom: train the model, but put every nn.BatchNorm2d in eval."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), nt.BatchNorm2d(4), torch.nn.ReLU())
+    model(torch.randn(8, 3, 6, 6))                       # running statistics away from 0 and 1
+    before = _state(model[1])
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    x = torch.randn(8, 3, 6, 6)
+    y = model(x)
+    for k, v in model[1].state_dict().items():
+        assert torch.equal(v, before[k]), k
+    model.eval()
+    torch.testing.assert_close(y, model(x))
+
+
+def test_weight_decay_groups_by_type_cover_every_parameter():
+    """minGPT's configure_optimizers: decay Linear weights, not norm parameters nor biases, and
+    assert every parameter landed in a group: it failed with layers that were not nn.LayerNorm."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), nt.LayerNorm(8), torch.nn.Linear(8, 8),
+                                nt.RMSNorm(8), torch.nn.Conv1d(8, 8, 1), nt.GroupNorm(2, 8),
+                                nt.BatchNorm1d(8))
+    no_decay_types = (torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.GroupNorm,
+                      torch.nn.modules.batchnorm._BatchNorm)
+    decay, no_decay = set(), set()
+    for mn, m in model.named_modules():
+        for pn, _ in m.named_parameters(recurse=False):
+            full = f"{mn}.{pn}" if mn else pn
+            if pn == "bias" or isinstance(m, no_decay_types):
+                no_decay.add(full)
+            elif pn == "weight" and isinstance(m, (torch.nn.Linear, torch.nn.Conv1d)):
+                decay.add(full)
+    assert decay | no_decay == {n for n, _ in model.named_parameters()}
+    assert decay == {"0.weight", "2.weight", "4.weight"}
+
+
+def test_replace_all_batch_norm_modules_then_vmap_matches_torch():
+    """torch.func's helper finds our BatchNorms by type and drops their running statistics; the
+    model then runs under vmap (an ensemble of batches) like the same model built from torch.nn."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 4, dtype=torch.float64)                    # 3 batches of 5
+    outs = []
+    for m in (nt, torch.nn):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 6), m.BatchNorm1d(6)).double()
+        torch.func.replace_all_batch_norm_modules_(model)
+        assert model[1].running_mean is None and not model[1].track_running_stats
+        outs.append(torch.func.vmap(model)(x))
+    torch.testing.assert_close(outs[0], outs[1], **TOL)
+
+
+def test_fuse_conv_bn_eval_gives_the_same_output():
+    """torch.nn.utils.fusion folds an eval BatchNorm into the convolution before it."""
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(3, 4, 3).double(), nt.BatchNorm2d(4).double()
+    gen = torch.Generator().manual_seed(0)
+    _randomize(bn, torch.nn.BatchNorm2d(4), gen)
+    conv.eval(), bn.eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+    torch.testing.assert_close(fused(x), bn(conv(x)), **TOL)

@@ -1,5 +1,11 @@
 """Drop-in twins of torch.nn's norm layers: same arguments, parameters, buffers, state_dict keys
 and repr. Each module holds state and checks its input; the math is in `functional.py`.
+
+Each class also subclasses its torch.nn twin, so code that picks layers by type finds ours too:
+`isinstance(m, nn.BatchNorm2d)` to freeze BatchNorm when fine-tuning, weight decay left off
+`nn.LayerNorm` parameters, `torch.func.replace_all_batch_norm_modules_`. Nothing of the twin runs:
+ours come first in the method order and define __init__, forward, the resets, state_dict loading and
+repr, and __init__ calls nn.Module's directly (the twin's would build its own parameters).
 """
 import torch
 from torch import nn
@@ -18,7 +24,7 @@ class _NormBase(nn.Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, device=None, dtype=None, *, bias=True):
-        super().__init__()
+        nn.Module.__init__(self)             # not the torch.nn twin's (see the module docstring)
         factory = {"device": device, "dtype": dtype}
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
@@ -58,8 +64,9 @@ class _NormBase(nn.Module):
             state_dict[key] = (self.num_batches_tracked if self.num_batches_tracked is not None
                                and not self.num_batches_tracked.is_meta
                                else torch.tensor(0, dtype=torch.long))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        # nn.Module's, not the torch.nn twin's: its version handling would run a second time
+        nn.Module._load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                                        missing_keys, unexpected_keys, error_msgs)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
@@ -116,10 +123,12 @@ class _BatchNorm(_NormBase):
 
 
 def _subclass(base, name, ndims, hint, shape_doc, unbatched_ndim=None):
-    """A BatchNorm/InstanceNorm class for one input rank (1d, 2d, 3d), as torch.nn has."""
+    """A BatchNorm/InstanceNorm class for one input rank (1d, 2d, 3d), as torch.nn has, and a
+    subclass of torch.nn's class of that name after `base`."""
     doc = base.__doc__.replace("SHAPE", shape_doc)
-    return type(name, (base,), {"__doc__": doc, "_ndims": ndims, "_hint": hint,
-                                "_unbatched_ndim": unbatched_ndim, "__module__": __name__})
+    return type(name, (base, getattr(nn, name)),
+                {"__doc__": doc, "_ndims": ndims, "_hint": hint, "_unbatched_ndim": unbatched_ndim,
+                 "__module__": __name__})
 
 
 BatchNorm1d = _subclass(_BatchNorm, "BatchNorm1d", (2, 3),
@@ -193,7 +202,7 @@ InstanceNorm3d = _subclass(_InstanceNorm, "InstanceNorm3d", (4, 5),
                            "(N, C, D, H, W) or (C, D, H, W)", 4)
 
 
-class LayerNorm(nn.Module):
+class LayerNorm(nn.LayerNorm):
     r"""Layer Normalization (Ba et al., 2016): per sample over the last axes.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
@@ -209,7 +218,7 @@ class LayerNorm(nn.Module):
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
                  device=None, dtype=None):
-        super().__init__()
+        nn.Module.__init__(self)
         factory = {"device": device, "dtype": dtype}
         self.normalized_shape = ax.normalized_shape_tuple(normalized_shape)
         self.eps, self.elementwise_affine = eps, elementwise_affine
@@ -234,7 +243,7 @@ class LayerNorm(nn.Module):
                 f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}")
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(nn.RMSNorm):
     r"""Root Mean Square Layer Normalization (Zhang & Sennrich, 2019): per sample, no centering.
 
     .. math:: y = \frac{x}{\sqrt{\mathrm{E}[x^2] + \epsilon}} \gamma
@@ -251,7 +260,7 @@ class RMSNorm(nn.Module):
     """
 
     def __init__(self, normalized_shape, eps=None, elementwise_affine=True, device=None, dtype=None):
-        super().__init__()
+        nn.Module.__init__(self)
         self.normalized_shape = ax.normalized_shape_tuple(normalized_shape)
         self.eps, self.elementwise_affine = eps, elementwise_affine
         self.weight = (nn.Parameter(torch.empty(self.normalized_shape, device=device, dtype=dtype))
@@ -271,7 +280,7 @@ class RMSNorm(nn.Module):
                 f"elementwise_affine={self.elementwise_affine}")
 
 
-class GroupNorm(nn.Module):
+class GroupNorm(nn.GroupNorm):
     r"""Group Normalization (Wu & He, 2018): per sample over groups of channels and space.
 
     .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
@@ -290,7 +299,7 @@ class GroupNorm(nn.Module):
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None,
                  *, bias=True):
-        super().__init__()
+        nn.Module.__init__(self)
         ax.group_norm_shape((1, num_channels), num_groups)   # divisibility, checked up front
         factory = {"device": device, "dtype": dtype}
         self.num_groups, self.num_channels, self.eps, self.affine = (num_groups, num_channels,

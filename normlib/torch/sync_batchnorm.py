@@ -114,14 +114,16 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         return dx, dweight, dbias, None, None, None, None, None
 
 
-class SyncBatchNorm(_BatchNorm):
+class SyncBatchNorm(_BatchNorm, nn.modules.batchnorm._BatchNorm):
     r"""BatchNorm over N and the spatial axes of the batches of *all* processes in a group.
 
     A drop-in twin of ``torch.nn.SyncBatchNorm``: same arguments, parameters, buffers and
     state_dict; any input (N, C, *) with N >= 0 per process. Training with an initialized process
     group of more than one process shares statistics (one all_gather forward, one all_reduce
     backward); otherwise, and in eval, it is exactly BatchNorm, as torch's is. Unlike torch's, it
-    runs on CPU processes too (gloo).
+    runs on CPU processes too (gloo). Like normlib's other BatchNorms it subclasses torch.nn's
+    BatchNorm base class, so `isinstance(m, nn.modules.batchnorm._BatchNorm)` finds it, but not
+    ``nn.SyncBatchNorm`` itself: DistributedDataParallel refuses a CPU model holding one of those.
 
     Args:
         num_features: C, the number of channels.
