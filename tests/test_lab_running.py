@@ -128,6 +128,9 @@ def test_swap_batchnorm_keeps_state_and_class_pair_batches():
     double = running.swap_batchnorm(model.double(), lambda bn: running.BatchRenorm1d(bn.num_features))
     assert all(t.dtype == torch.float64 for t in double.state_dict().values() if t.is_floating_point())
     assert torch.allclose(double.eval()(x.double()), model(x.double()))    # the layer follows the model
+    in_eval = running.swap_batchnorm(model.eval(), lambda bn: running.BatchRenorm1d(bn.num_features))
+    assert not any(m.training for m in in_eval.modules())                # and the model's mode
+    assert torch.allclose(in_eval(x.double()), model(x.double()))     # model is float64 now
     y = torch.arange(40) % 5
     batch = next(running.class_pair_batches(y, 10, torch.Generator().manual_seed(0)))
     assert len(batch) == 10 and len(set(y[batch].tolist())) == 2

@@ -204,7 +204,7 @@ class Algorithm2BatchNorm1d(nn.Module):
 
 def swap_batchnorm(model, make):
     """A copy of `model` with each BatchNorm1d `bn` replaced by `make(bn)` (state_dict loaded),
-    placed on bn's device and in its floating dtype."""
+    placed on bn's device and in its floating dtype, and in bn's mode (train or eval)."""
     model = copy.deepcopy(model)
     for name, child in model.named_children():
         if isinstance(child, (nn.BatchNorm1d, nt.BatchNorm1d)):
@@ -212,7 +212,7 @@ def swap_batchnorm(model, make):
             like = next((t for t in state.values() if t.is_floating_point()), None)
             new = make(child) if like is None else make(child).to(like.device, like.dtype)
             new.load_state_dict(state)
-            setattr(model, name, new)
+            setattr(model, name, new.train(child.training))
         else:
             setattr(model, name, swap_batchnorm(child, make))
     return model
