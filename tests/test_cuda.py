@@ -75,3 +75,22 @@ def test_swap_batchnorm_puts_the_new_layers_on_the_model_s_device():
         assert swapped.eval()(x).is_cuda and swapped.train()(x).is_cuda   # chapter 07 runs both
     swapped = running.swap_batchnorm(model, lambda bn: running.BatchRenorm1d(bn.num_features))
     torch.testing.assert_close(swapped.eval()(x), model(x))   # eval: BatchNorm's running statistics
+
+
+def test_invariance_table_pieces_run_on_cuda():
+    """Chapter 03's Table 1 transforms and the masked BatchNorm on a GPU: same answers as on the
+    CPU (the random factors come from the same CPU generator)."""
+    from normlib.lab import invariance as inv
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    x = torch.randn(9, 4, generator=g, dtype=torch.float64) + 1.0
+    for name in inv.TRANSFORMS:
+        cpu = inv.transform(name, weight, x, torch.Generator().manual_seed(1))
+        gpu = inv.transform(name, weight.cuda(), x.cuda(), torch.Generator().manual_seed(1))
+        for a, b in zip(cpu, gpu):
+            torch.testing.assert_close(b.cpu(), a, msg=name)
+    seqs = [torch.randn(t, 3, generator=g, dtype=torch.float64) for t in (4, 2, 3)]
+    padded, mask = inv.pad_sequences([s.cuda() for s in seqs])
+    assert padded.is_cuda and mask.is_cuda
+    want = inv.masked_batch_norm(*inv.pad_sequences(seqs))
+    torch.testing.assert_close(inv.masked_batch_norm(padded, mask).cpu(), want)

@@ -117,3 +117,16 @@ def test_masked_batch_norm_gradients_ignore_padding():
     assert (x.grad[~mask] == 0).all() and x.grad[mask].abs().max() > 0
     assert torch.autograd.gradcheck(lambda t: inv.masked_batch_norm(t, mask), (x.detach().clone()
                                                                               .requires_grad_(),))
+
+
+def test_transforms_and_padding_stay_on_the_inputs_device():
+    """Factors drawn on the CPU generator move to the weight's device; padded batches and masks
+    follow the sequences. The meta device stands in for a GPU here (tests/test_cuda.py has both)."""
+    weight = torch.randn(4, 3, dtype=torch.float64, device="meta")
+    x = torch.randn(5, 3, dtype=torch.float64, device="meta")
+    for name in inv.TRANSFORMS:
+        w2, x2 = inv.transform(name, weight, x)
+        assert w2.device == x2.device == weight.device and w2.shape == weight.shape, name
+    padded, mask = inv.pad_sequences([torch.randn(2, 3, device="meta"),
+                                             torch.randn(3, 3, device="meta")])
+    assert padded.device == mask.device == weight.device and padded.shape == (2, 3, 3)

@@ -52,7 +52,8 @@ def normalized_output(method, weight, x, eps=1e-12):
 
 
 def transform(name, weight, x, generator=None):
-    """(weight', x') after one of Table 1's transformations, with random factors from `generator`.
+    """(weight', x') after one of Table 1's transformations, with random factors from `generator`
+    (a CPU one: the factors are drawn on the CPU, then moved to weight's device).
 
     weight matrix re-scaling    W' = δ W                 (one scalar δ > 0)
     weight matrix re-centering  W' = W + 1 γᵀ            (the same vector γ added to every unit's row)
@@ -64,20 +65,23 @@ def transform(name, weight, x, generator=None):
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     opts = {"generator": g, "dtype": weight.dtype}
 
+    def randn(*shape):
+        return torch.randn(*shape, **opts).to(weight.device)
+
     def positive(*shape):                                              # factors in [0.25, 4]
-        return 4.0 ** (2 * torch.rand(*shape, **opts) - 1)
+        return (4.0 ** (2 * torch.rand(*shape, **opts) - 1)).to(weight.device)
 
     n, (d_out, d_in) = x.shape[0], weight.shape
     if name == "weight matrix re-scaling":
         return positive(()) * weight, x
     if name == "weight matrix re-centering":
-        return weight + torch.randn(1, d_in, **opts), x
+        return weight + randn(1, d_in), x
     if name == "weight vector re-scaling":
         return positive(d_out, 1) * weight, x
     if name == "dataset re-scaling":
         return weight, positive(()) * x
     if name == "dataset re-centering":
-        return weight, x + torch.randn(1, d_in, **opts)
+        return weight, x + randn(1, d_in)
     if name == "single training case re-scaling":
         return weight, positive(n, 1) * x
     raise ValueError(f"transform must be one of {TRANSFORMS}, got {name!r}")
@@ -115,11 +119,13 @@ def verdicts(table, tol=1e-6):
 
 def pad_sequences(sequences, length=None, value=0.0):
     """Stack (T_i, C) tensors into an (N, T, C) batch padded with `value`, and an (N, T) bool mask
-    that is True on real tokens. `length` (default: the longest T_i) may add extra padding."""
+    that is True on real tokens, both on the sequences' device. `length` (default: the longest
+    T_i) may add extra padding."""
     length = length or max(len(s) for s in sequences)
     c = sequences[0].shape[1]
-    x = torch.full((len(sequences), length, c), value, dtype=sequences[0].dtype)
-    mask = torch.zeros(len(sequences), length, dtype=torch.bool)
+    device = sequences[0].device
+    x = torch.full((len(sequences), length, c), value, dtype=sequences[0].dtype, device=device)
+    mask = torch.zeros(len(sequences), length, dtype=torch.bool, device=device)
     for i, s in enumerate(sequences):
         x[i, :len(s)] = s
         mask[i, :len(s)] = True
