@@ -46,7 +46,7 @@ def ema_update(running, batch_stat, momentum, convention="torch"):
 
 # --- finding and measuring the BatchNorm layers of a model ----------------------------------------
 
-_BN_TYPES = (nn.modules.batchnorm._BatchNorm, nt.modules._BatchNorm)
+_BN_TYPES = nn.modules.batchnorm._BatchNorm   # torch.nn's BatchNorms, and normlib's (subclasses)
 
 
 def bn_layers(model):
@@ -207,7 +207,7 @@ def swap_batchnorm(model, make):
     placed on bn's device and in its floating dtype, and in bn's mode (train or eval)."""
     model = copy.deepcopy(model)
     for name, child in model.named_children():
-        if isinstance(child, (nn.BatchNorm1d, nt.BatchNorm1d)):
+        if isinstance(child, nn.BatchNorm1d):                # normlib's too: a subclass
             state = child.state_dict()
             like = next((t for t in state.values() if t.is_floating_point()), None)
             new = make(child) if like is None else make(child).to(like.device, like.dtype)

@@ -191,7 +191,7 @@ def set_modes(model, dropout, batch_norm):
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.train(dropout)
-        elif isinstance(m, (nt.BatchNorm1d, nn.BatchNorm1d)):
+        elif isinstance(m, nn.BatchNorm1d):                  # normlib's too: a subclass
             m.train(batch_norm)
     return model
 
@@ -201,7 +201,7 @@ def recompute_batch_norm(model, x, batch_size=32):
     """Re-estimate every BatchNorm's running statistics from x with Dropout off: reset them, then
     average (momentum=None) over batches of x. The weights do not change. Returns the model,
     in eval mode."""
-    norms = [m for m in model.modules() if isinstance(m, (nt.BatchNorm1d, nn.BatchNorm1d))]
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]   # normlib's too
     saved = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()

@@ -175,7 +175,7 @@ class SyncBatchNorm(_BatchNorm, nn.modules.batchnorm._BatchNorm):
         """Replace every BatchNorm*d in `module` (torch.nn's or normlib's) by a SyncBatchNorm
         sharing its parameters and buffers; returns the new module if `module` is a BatchNorm."""
         out = module
-        if isinstance(module, (nn.modules.batchnorm._BatchNorm, _BatchNorm)) and \
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and \
                 not isinstance(module, cls):
             out = cls(module.num_features, module.eps, module.momentum, module.affine,
                       module.track_running_stats, process_group, bias=module.bias is not None)
