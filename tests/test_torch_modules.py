@@ -326,3 +326,19 @@ def test_fuse_conv_bn_eval_gives_the_same_output():
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
     fused = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
     torch.testing.assert_close(fused(x), bn(conv(x)), **TOL)
+
+
+def test_swa_update_bn_recomputes_our_running_statistics():
+    """torch.optim.swa_utils.update_bn finds BatchNorms by type, resets them and averages the
+    statistics over a loader (momentum None): the same buffers as for torch.nn's BatchNorm."""
+    torch.manual_seed(0)
+    loader = [torch.randn(16, 4, dtype=torch.float64) * 3 + 1 for _ in range(4)]
+    states = []
+    for m in (nt, torch.nn):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 5), m.BatchNorm1d(5)).double()
+        torch.optim.swa_utils.update_bn(loader, model)
+        assert model[1].momentum == 0.1 and int(model[1].num_batches_tracked) == len(loader)
+        states.append(model[1].state_dict())
+    for k in states[1]:
+        torch.testing.assert_close(states[0][k], states[1][k], **TOL, msg=k)
