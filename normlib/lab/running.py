@@ -46,13 +46,11 @@ def ema_update(running, batch_stat, momentum, convention="torch"):
 
 # --- finding and measuring the BatchNorm layers of a model ----------------------------------------
 
-_BN_TYPES = nn.modules.batchnorm._BatchNorm   # torch.nn's BatchNorms, and normlib's (subclasses)
-
-
 def bn_layers(model):
-    """The BatchNorm layers (torch.nn's or normlib's) of `model` that keep running statistics."""
-    return [m for m in model.modules()
-            if isinstance(m, _BN_TYPES) and getattr(m, "running_mean", None) is not None]
+    """The BatchNorm layers (torch.nn's or normlib's, which subclass them) of `model` that keep
+    running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and getattr(m, "running_mean", None) is not None]
 
 
 def _buffers(layers):
