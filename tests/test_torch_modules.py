@@ -258,8 +258,11 @@ def test_each_layer_is_an_instance_of_its_torch_twin(name):
     assert isinstance(m, getattr(torch.nn, name))
     for method in ("__init__", "forward", "extra_repr", "reset_parameters"):
         assert getattr(type(m), method).__module__ == "normlib.torch.modules", method
+
+
+def test_sync_batchnorm_is_a_torch_batchnorm_but_not_torch_s_sync_batchnorm():
     assert isinstance(nt.SyncBatchNorm(4), torch.nn.modules.batchnorm._BatchNorm)
-    # not torch's SyncBatchNorm: DistributedDataParallel refuses CPU models that hold one
+    # DistributedDataParallel refuses CPU models that hold a torch.nn.SyncBatchNorm
     assert not isinstance(nt.SyncBatchNorm(4), torch.nn.SyncBatchNorm)
 
 
