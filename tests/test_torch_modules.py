@@ -188,6 +188,26 @@ def test_channels_last_input():
     torch.testing.assert_close(nt.GroupNorm(2, 8)(x), torch.nn.GroupNorm(2, 8)(x), **TOL)
 
 
+@pytest.mark.parametrize("make, shape", [
+    (lambda m: m.BatchNorm2d(4), (2, 4, 3, 5)), (lambda m: m.GroupNorm(2, 4), (2, 4, 3, 5)),
+    (lambda m: m.InstanceNorm2d(4, affine=True), (2, 4, 3, 5)),
+    (lambda m: m.BatchNorm3d(4), (2, 4, 3, 2, 5)), (lambda m: m.InstanceNorm3d(4), (2, 4, 3, 2, 5)),
+])
+def test_channels_last_output_layout_is_torch_s(make, shape):
+    """Code after the layer may .view() its output: the layout must be the one torch.nn gives
+    (BatchNorm and GroupNorm keep channels-last; torch's InstanceNorm returns a contiguous
+    tensor), and so must the input's gradient."""
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    x = torch.randn(shape).to(memory_format=fmt)
+    layouts = []
+    for m in (make(nt), make(torch.nn)):
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        y.backward(torch.ones_like(y))
+        layouts.append([(t.is_contiguous(), t.is_contiguous(memory_format=fmt)) for t in (y, xi.grad)])
+    assert layouts[0] == layouts[1]
+
+
 def _state(m):
     return {k: v.clone() for k, v in m.state_dict().items()}
 

@@ -103,6 +103,7 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
 
     With running buffers and ``use_input_stats``, they move towards the batch average of the
     per-instance mean and unbiased variance; ``use_input_stats=False`` normalizes with them.
+    The output is contiguous whatever the input's memory format, as torch's.
     """
     _check_dtype("instance_norm", input)
     shape = tuple(input.shape)
@@ -115,14 +116,15 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
         if running_mean is None or running_var is None:
             raise ValueError("instance_norm: use_input_stats=False needs running_mean and "
                              "running_var")
-        return channel_norm(input, weight, bias, c, False, eps, (running_mean, running_var))[0]
+        y = channel_norm(input, weight, bias, c, False, eps, (running_mean, running_var))[0]
+        return y.contiguous()
     ax.check_instance_stats(shape)
     y, mean, var = channel_norm(input, weight, bias, c, False, eps)   # mean, var: (N, C)
     if running_mean is not None and input.numel() > 0:   # an empty batch leaves them alone
         n = ax.reduced_count(shape, axes)
         _update_running(running_mean, mean.mean(0), momentum)
         _update_running(running_var, (var * (n / (n - 1))).mean(0), momentum)
-    return y
+    return y.contiguous()
 
 
 def layer_norm(input: Tensor, normalized_shape: List[int], weight: Optional[Tensor] = None,
