@@ -201,6 +201,7 @@ def channel_forward(xv, w4, b4, over_batch, eps, given=None):
     """(y, mean, var, rstd) of `core._ChannelNorm`'s forward. xv (N, G, C/G, S) contiguous; w4, b4
     (1, G, C/G, 1) or None, in xv's dtype; statistics (K, G, 1, 1) with K = 1 if `over_batch` or
     `given` else N. `given` = (mean, rstd), each (1, G, 1, 1), normalizes instead (var None)."""
+    xv = xv.detach()                  # NumPy views need tensors outside autograd
     n, groups, channels, size = xv.shape
     k = 1 if over_batch or given is not None else n
     if given is None:
@@ -220,6 +221,7 @@ def channel_forward(xv, w4, b4, over_batch, eps, given=None):
 def channel_backward(xv, dyv, mean, rstd, w4, batch_stats, over_batch, want_dx):
     """(dx or None, sum_dy_xhat, sum_dy) of `core._ChannelNorm`'s backward: xv, dyv
     (N, G, C/G, S) contiguous; mean, rstd (K, G, 1, 1); the sums over S and N, (1, G, C/G, 1)."""
+    xv, dyv = xv.detach(), dyv.detach()
     n, groups, channels, size = xv.shape
     dtype, sshape = xv.numpy().dtype, (mean.shape[0], groups)
     dx = torch.empty_like(xv) if want_dx else xv.new_empty((0, 0, 0, 0))
@@ -237,6 +239,7 @@ def channel_backward(xv, dyv, mean, rstd, w4, batch_stats, over_batch, want_dx):
 def feature_forward(x2, w, b, center, eps):
     """(y, mean or None, rstd) of `core._FeatureNorm`'s forward: x2 (M, D) contiguous, w, b (D,)
     or None in x2's dtype; mean and rstd (M, 1)."""
+    x2 = x2.detach()
     rows, d = x2.shape
     dtype = x2.numpy().dtype
     y = torch.empty_like(x2)                                              # M, D
@@ -252,6 +255,7 @@ def feature_forward(x2, w, b, center, eps):
 def feature_backward(x2, dy2, mean, rstd, w, wants):
     """(dx, dweight, dbias) of `core._FeatureNorm`'s backward, each None where `wants` (dx, dw, db)
     says so: x2, dy2 (M, D) contiguous; mean (or None) and rstd (M, 1); w (D,) or None."""
+    x2, dy2 = x2.detach(), dy2.detach()
     rows, d = x2.shape
     dtype = x2.numpy().dtype
     dx = torch.empty_like(x2) if wants[0] else x2.new_empty((0, 0))
