@@ -17,7 +17,9 @@ KERNELS = ["channel_forward", "channel_backward", "feature_forward", "feature_ba
 
 @pytest.fixture
 def calls(monkeypatch):
-    """The names of the fused kernels called, in order."""
+    """The names of the fused kernels called, in order (the kernels on, whatever the environment
+    says)."""
+    monkeypatch.setattr(core, "CPU_KERNELS", True)
     called = []
     for name in KERNELS:
         kernel = getattr(numba_norm, name)
@@ -81,7 +83,7 @@ def test_other_inputs_take_the_composite_ops(case, calls, monkeypatch):
 
 def _both_paths(fn, *inputs):
     """fn's output and the gradients of `inputs` on the fused kernels and on the composite ops."""
-    results = []
+    results, before = [], core.CPU_KERNELS
     for fused in (True, False):
         core.CPU_KERNELS = fused
         try:
@@ -91,7 +93,7 @@ def _both_paths(fn, *inputs):
             results.append([y.detach(), *torch.autograd.grad(y, leaves, dy, allow_unused=True,
                                                              materialize_grads=True)])
         finally:
-            core.CPU_KERNELS = True
+            core.CPU_KERNELS = before
     return results
 
 
@@ -174,11 +176,12 @@ def _group_norm_sum(queue, threads=None):
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
-def test_a_forked_child_after_the_kernels_ran_uses_the_composite_ops():
+def test_a_forked_child_after_the_kernels_ran_uses_the_composite_ops(monkeypatch):
     """GNU OpenMP kills a process forked after its threads started if the child uses them (Numba
     prints 'Terminating: fork() called from a process already using GNU OpenMP'): DataLoader
     workers and multiprocessing's fork must still normalize."""
     import multiprocessing
+    monkeypatch.setattr(core, "CPU_KERNELS", True)
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     _group_norm_sum(queue)

@@ -149,12 +149,12 @@ def _mean_square(xc, dims):
     return vector_norm(xc, dim=dims, keepdim=True).square_().div_(count)
 
 
-def _channel_forward(xv, w4, b4, over_batch, eps, given, stat_mean, stat_var):
-    """`_ChannelNorm`'s forward by composite ops: (y, mean, rstd, out_mean, out_var)."""
-    n, groups, c = xv.shape[0], xv.shape[1], xv.shape[1] * xv.shape[2]
-    cdt = xv.dtype
-    if given:                                                         # given, per channel
-        mean, var = (_as(t, cdt, (1, c, 1, 1)) for t in (stat_mean, stat_var))  # 1, C, 1, 1
+def _channel_forward(xv, w4, b4, over_batch, eps, stat_mean, stat_var):
+    """`_ChannelNorm`'s forward by composite ops: (y, mean, rstd, out_mean, out_var); `stat_mean`
+    and `stat_var` (1, C, 1, 1) normalize instead when given."""
+    n, groups = xv.shape[0], xv.shape[1]
+    if stat_mean is not None:                                         # given, per channel
+        mean, var = stat_mean, stat_var                               # 1, C, 1, 1
         y = xv - mean                                                 # N, G, C/G, S
         # two tensors, not one returned twice: torch.compile's tracing fails on that
         out_mean, out_var = xv.new_empty(0), xv.new_empty(0)
@@ -200,17 +200,16 @@ class _ChannelNorm(torch.autograd.Function):
         pshape = (1,) + shape4[1:3] + (1,)                                # 1, G, C/G, 1
         w4, b4 = _as(weight, cdt, pshape), _as(bias, cdt, pshape)
         given = stat_mean is not None
+        if given:                                                         # per channel
+            stat_mean, stat_var = (_as(t, cdt, (1, c, 1, 1)) for t in (stat_mean, stat_var))
         cpu = _cpu_kernels(xv, run=shape4[2] * shape4[3])
         if cpu is not None:                                               # fused CPU kernels
-            stats = None
-            if given:                                                     # 1, C, 1, 1 each
-                mean, var = (_as(t, cdt, (1, c, 1, 1)) for t in (stat_mean, stat_var))
-                stats = (mean, torch.rsqrt(var + eps))
+            stats = (stat_mean, torch.rsqrt(stat_var + eps)) if given else None
             y, mean, var, rstd = cpu.channel_forward(xv, w4, b4, over_batch, eps, stats)
             out_mean, out_var = (xv.new_empty(0), xv.new_empty(0)) if given else \
                 (mean.view(-1, groups), var.view(-1, groups))
         else:
-            y, mean, rstd, out_mean, out_var = _channel_forward(xv, w4, b4, over_batch, eps, given,
+            y, mean, rstd, out_mean, out_var = _channel_forward(xv, w4, b4, over_batch, eps,
                                                                 stat_mean, stat_var)
         ctx.save_for_backward(xv, mean, rstd, w4, x, weight, bias)
         ctx.meta = (x.shape, x.dtype, over_batch, not given, _meta(weight), _meta(bias))
