@@ -14,6 +14,9 @@ page-faults again, or not, depending on the heap's history: that moved single re
 to 4x (torch.nn's GroupNorm forward + backward: 1.3 or 5.8 ms). With a steady heap both sides are
 timed computing, not faulting; the default heap is what a program normally gets.
 
+normlib.torch runs its fused Numba kernels where numba is installed and its composite torch ops
+otherwise (or with NORMLIB_CPU_KERNELS=0); the first line printed says which.
+
     python benchmarks/cpu_norms.py [--repeat 20] [--threads 2] [--steady-heap]
 """
 import argparse
@@ -29,6 +32,7 @@ import torch
 import normlib.numpy as nn_
 import normlib.numpy.core as nn_core
 import normlib.torch as nt
+import normlib.torch.core as nt_core
 
 CASES = [  # name, input shape, module factory (given nt or torch.nn), NumPy forward
     ("BatchNorm2d", (32, 64, 32, 32), lambda m: m.BatchNorm2d(64),
@@ -76,6 +80,15 @@ def steady_heap():
     return bool(libc.mallopt(m_trim_threshold, 2 ** 30) and libc.mallopt(m_mmap_threshold, 2 ** 30))
 
 
+def cpu_path():
+    """Which of normlib.torch's CPU paths the layers take here (core._cpu_kernels decides)."""
+    kernels = nt_core._cpu_kernels(torch.ones(max(nt_core.MIN_NUMEL, nt_core.MIN_RUN)))
+    if kernels is None:
+        return "composite torch ops (numba missing, or NORMLIB_CPU_KERNELS=0)"
+    return (f"fused Numba kernels (numba {kernels.numba.__version__}, as many threads as "
+            f"torch)")
+
+
 def _ratio(q):
     """A ratio's median and, in brackets, its interquartile range over the rounds."""
     return f"{q[1]:.2f} [{q[0]:.1f}-{q[2]:.1f}]"
@@ -101,6 +114,7 @@ def main():
     torch.set_num_threads(args.threads)
     nn_core.THREADS = args.threads                 # the NumPy reference's threads too
     torch.manual_seed(0)
+    print(f"normlib.torch on the CPU: {cpu_path()}")
     print(f"torch {torch.__version__}, numpy {np.__version__}, {args.threads} threads, "
           f"float32, median of {args.repeat} alternating rounds ({SETTLE_S * 1e3:.0f} ms untimed, "
           f"then {TIMED} timed calls a side), {heap}; ratio [quartiles]\n")

@@ -55,7 +55,7 @@ GRADCHECK = {
 
 
 @pytest.mark.parametrize("case", list(GRADCHECK))
-def test_gradcheck_float64(case):
+def test_gradcheck_float64(case, cpu_path):
     """Also batched gradients (is_grads_batched, as vectorized jacobians use): the backward then
     runs under vmap."""
     torch.manual_seed(0)
@@ -64,7 +64,7 @@ def test_gradcheck_float64(case):
 
 
 @pytest.mark.parametrize("case", list(GRADCHECK))
-def test_gradgradcheck_float64(case):
+def test_gradgradcheck_float64(case, cpu_path):
     """Second derivatives (a backward recorded with create_graph=True) against finite differences
     of the first: gradient penalties and Hessian-vector products work as with torch.nn."""
     torch.manual_seed(0)
@@ -103,6 +103,7 @@ def test_layer_and_rms_norm_over_several_row_blocks(monkeypatch, center, params)
     """On the CPU rows are walked in blocks (core.BLOCK_BYTES); a ragged set of blocks must give
     torch's answer and pass gradcheck, and dx alone or the parameters alone must be right too."""
     from normlib.torch import core
+    monkeypatch.setattr(core, "CPU_KERNELS", False)                       # the composite ops' blocks
     monkeypatch.setattr(core, "BLOCK_BYTES", 3 * 5 * 8)                  # 3 rows of 5 float64
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(2, 4, 5, generator=gen, dtype=torch.float64) * 2 + 3).requires_grad_()
@@ -153,7 +154,7 @@ OFFSET_CASES = {   # (ours, float64 reference from the same definition)
 
 
 @pytest.mark.parametrize("name", list(OFFSET_CASES))
-def test_float32_offset_data_is_normalized_accurately(name):
+def test_float32_offset_data_is_normalized_accurately(name, cpu_path):
     """1e3 + 0.1·z in float32: E[x²] - E[x]² would lose all digits; we stay within 1e-2."""
     torch.manual_seed(0)
     x64 = 1e3 + 0.1 * torch.randn(64, 8, 32, dtype=torch.float64)
@@ -162,13 +163,13 @@ def test_float32_offset_data_is_normalized_accurately(name):
     assert (got - want).abs().max() < 1e-2
 
 
-def test_rms_norm_float32_large_values_are_accurate():
+def test_rms_norm_float32_large_values_are_accurate(cpu_path):
     x64 = 1e3 + 0.1 * torch.randn(16, 64, dtype=torch.float64)
     assert (F.rms_norm(x64.float(), [64]).double() - F.rms_norm(x64, [64])).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_nan_propagates_without_crashing(name):
+def test_nan_propagates_without_crashing(name, cpu_path):
     x = torch.randn(4, 4, 3, requires_grad=True)
     with torch.no_grad():
         x[0, 0, 0] = float("nan")
@@ -185,7 +186,7 @@ def test_nan_propagates_without_crashing(name):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", list(MODULES))
-def test_half_precision_returns_input_dtype_with_float32_statistics(dtype, name):
+def test_half_precision_returns_input_dtype_with_float32_statistics(dtype, name, cpu_path):
     torch.manual_seed(0)
     m = MODULES[name]()
     x32 = (5 + torch.randn(8, 6, 3, 3)).to(dtype).float()

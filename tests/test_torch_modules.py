@@ -75,7 +75,7 @@ momenta = st.sampled_from([0.1, 0.5, None])
 @given(n=st.integers(2, 6), c=st.integers(1, 5), spatial=st.lists(st.integers(1, 4), max_size=1),
        momentum=momenta, affine=st.booleans(), bias=st.booleans(), track=st.booleans(),
        seed=st.integers(0, 2**16))
-def test_batchnorm1d_matches_torch(n, c, spatial, momentum, affine, bias, track, seed):
+def test_batchnorm1d_matches_torch(n, c, spatial, momentum, affine, bias, track, seed, cpu_path):
     gen = torch.Generator().manual_seed(seed)
     assume(bias or TORCH_NORMS_TAKE_BIAS)
     kw = dict(momentum=momentum, affine=affine, track_running_stats=track)
@@ -87,7 +87,7 @@ def test_batchnorm1d_matches_torch(n, c, spatial, momentum, affine, bias, track,
 
 @given(n=st.integers(1, 4), c=st.integers(1, 5), h=st.integers(2, 5), w=st.integers(1, 5),
        momentum=momenta, affine=st.booleans(), track=st.booleans(), seed=st.integers(0, 2**16))
-def test_batchnorm2d_matches_torch(n, c, h, w, momentum, affine, track, seed):
+def test_batchnorm2d_matches_torch(n, c, h, w, momentum, affine, track, seed, cpu_path):
     gen = torch.Generator().manual_seed(seed)
     kw = dict(momentum=momentum, affine=affine, track_running_stats=track)
     ours, theirs = nt.BatchNorm2d(c, eps=1e-3, **kw), torch.nn.BatchNorm2d(c, eps=1e-3, **kw)
@@ -98,7 +98,7 @@ def test_batchnorm2d_matches_torch(n, c, h, w, momentum, affine, track, seed):
 @given(n=st.integers(1, 4), c=st.integers(1, 4), spatial=st.lists(st.integers(2, 4), min_size=1,
        max_size=2), momentum=st.sampled_from([0.1, 0.7]), affine=st.booleans(),
        track=st.booleans(), seed=st.integers(0, 2**16))
-def test_instancenorm_matches_torch(n, c, spatial, momentum, affine, track, seed):
+def test_instancenorm_matches_torch(n, c, spatial, momentum, affine, track, seed, cpu_path):
     gen = torch.Generator().manual_seed(seed)
     cls = {1: (nt.InstanceNorm1d, torch.nn.InstanceNorm1d),
            2: (nt.InstanceNorm2d, torch.nn.InstanceNorm2d)}[len(spatial)]
@@ -110,7 +110,7 @@ def test_instancenorm_matches_torch(n, c, spatial, momentum, affine, track, seed
 
 @given(lead=st.lists(st.integers(1, 4), max_size=2), shape=st.lists(st.integers(1, 6), min_size=1,
        max_size=2), affine=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_layernorm_matches_torch(lead, shape, affine, bias, seed):
+def test_layernorm_matches_torch(lead, shape, affine, bias, seed, cpu_path):
     gen = torch.Generator().manual_seed(seed)
     kw = dict(elementwise_affine=affine, bias=bias)
     ours, theirs = nt.LayerNorm(shape, **kw), torch.nn.LayerNorm(shape, **kw)
@@ -121,7 +121,7 @@ def test_layernorm_matches_torch(lead, shape, affine, bias, seed):
 @given(lead=st.lists(st.integers(1, 4), max_size=2), shape=st.lists(st.integers(1, 6), min_size=1,
        max_size=2), eps=st.sampled_from([None, 1e-6, 0.1]), affine=st.booleans(),
        seed=st.integers(0, 2**16))
-def test_rmsnorm_matches_torch(lead, shape, eps, affine, seed):
+def test_rmsnorm_matches_torch(lead, shape, eps, affine, seed, cpu_path):
     gen = torch.Generator().manual_seed(seed)
     ours = nt.RMSNorm(shape, eps=eps, elementwise_affine=affine)
     theirs = torch.nn.RMSNorm(shape, eps=eps, elementwise_affine=affine)
@@ -132,7 +132,7 @@ def test_rmsnorm_matches_torch(lead, shape, eps, affine, seed):
 @given(n=st.integers(1, 4), groups=st.integers(1, 4), per_group=st.integers(1, 3),
        spatial=st.lists(st.integers(1, 4), max_size=2), affine=st.booleans(),
        seed=st.integers(0, 2**16))
-def test_groupnorm_matches_torch(n, groups, per_group, spatial, affine, seed):
+def test_groupnorm_matches_torch(n, groups, per_group, spatial, affine, seed, cpu_path):
     c = groups * per_group
     if per_group * (spatial[0] if spatial else 1) * (spatial[1] if len(spatial) > 1 else 1) == 1:
         spatial = [2]   # one value per group has no variance (torch returns 0, so do we)
@@ -174,7 +174,7 @@ def test_unbatched_instance_norm_input():
     torch.testing.assert_close(nt.InstanceNorm2d(3)(x), torch.nn.InstanceNorm2d(3)(x))
 
 
-def test_channels_last_input():
+def test_channels_last_input(cpu_path):
     TOL = dict(rtol=1e-4, atol=1e-5)
     ours, theirs = nt.BatchNorm2d(8), torch.nn.BatchNorm2d(8)
     x = torch.randn(4, 8, 5, 5).to(memory_format=torch.channels_last)
@@ -204,7 +204,8 @@ def test_channels_last_output_layout_is_torch_s(make, shape):
         xi = x.clone().requires_grad_()
         y = m(xi)
         y.backward(torch.ones_like(y))
-        layouts.append([(t.is_contiguous(), t.is_contiguous(memory_format=fmt)) for t in (y, xi.grad)])
+        layouts.append([(t.is_contiguous(), t.is_contiguous(memory_format=fmt))
+                        for t in (y, xi.grad)])
     assert layouts[0] == layouts[1]
 
 
@@ -246,7 +247,7 @@ def test_eval_batch_of_one_is_fine():
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_momentum_semantics(momentum):
+def test_momentum_semantics(momentum, cpu_path):
     """0.1 weights the new batch; None gives the plain average of all batches so far."""
     m = nt.BatchNorm1d(2, momentum=momentum)
     batches = [torch.randn(16, 2) + i for i in range(3)]

@@ -22,6 +22,15 @@ mean of (x - mean)² — two passes, never E[x²] - E[x]² — taken as ‖x - m
 temporary. Statistics are float32 for float16/bfloat16 input (float64 for float64); y returns in the
 input dtype.
 
+Where numba is installed, both Functions hand a plain contiguous CPU input to fused kernels instead
+(`numba_norm`, chosen by `_cpu_kernels`): the same formulas, each group's passes while its values
+are in cache, on as many threads as torch uses. Measured on a 2-core CPU (benchmarks/cpu_norms.py),
+forward + backward took 0.2-1.5x torch.nn's time, where the composite ops take 0.2-2.3x (GroupNorm
+the slowest of both). The composite ops remain the path for everything else: CUDA tensors (where
+Triton kernels take LayerNorm and RMSNorm), inputs under MIN_NUMEL values, channels-last input,
+groups of fewer than MIN_RUN contiguous values, torch.compile and tracing, a process without numba,
+or NORMLIB_CPU_KERNELS=0. Tests run both paths against torch.nn.
+
 The hand-written backward passes work in place on fresh buffers and are not themselves recorded.
 When a backward is recorded (`create_graph=True`: gradient penalties, Hessian-vector products) or
 is handed a vmapped batch of dy (`is_grads_batched`, vectorized jacobians), each Function instead
@@ -31,6 +40,7 @@ Under torch.func transforms (grad, vmap, jacrev, ...) and forward-mode AD, where
 autograd.Function would need rules of its own, the same plain ops replace the Functions
 (`_composite_only`): the formulas are the same, autograd supplies every derivative.
 """
+import os
 from functools import partial
 from math import prod
 
@@ -39,12 +49,41 @@ from torch.linalg import vector_norm
 
 __all__ = ["compute_dtype", "channel_norm", "feature_norm"]
 
+# CPU: the fused kernels of numba_norm when numba imports; NORMLIB_CPU_KERNELS=0 (or this flag,
+# which tests switch) keeps the composite ops
+CPU_KERNELS = os.environ.get("NORMLIB_CPU_KERNELS", "1") != "0"
+_NUMBA_NORM = []                        # numba_norm once imported, or None where numba is missing
+# The kernels take inputs of at least MIN_NUMEL values (smaller ones gain little, and handing half
+# of a call to a second thread cost up to 0.3 ms here: LayerNorm (64, 256) took 2x longer), in
+# groups of contiguous runs of at least MIN_RUN values (BatchNorm1d on (N, C) has runs of one,
+# strided: the kernels' loops crawl there, 5x slower than the composite ops for (256, 100))
+MIN_NUMEL = 2 ** 18
+MIN_RUN = 16
 BLOCK_BYTES = 2 ** 22   # CPU: rows are processed in blocks of about this many bytes (4 MiB)
 
 
 def compute_dtype(dtype):
     """Statistics in float64 for float64 input, float32 otherwise (float16/bfloat16 included)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _cpu_kernels(t, run=MIN_RUN):
+    """normlib.torch.numba_norm, the fused CPU kernels, when `CPU_KERNELS` is on, numba imports,
+    and t (the input viewed in the compute dtype) is a plain contiguous, non-empty float32/float64
+    CPU tensor of at least MIN_NUMEL values, outside torch.compile and torch.jit tracing, whose
+    groups are contiguous runs of at least MIN_RUN values (`run`); else None (composite ops)."""
+    if not (CPU_KERNELS and run >= MIN_RUN and type(t) is torch.Tensor and t.is_cpu
+            and t.layout == torch.strided and t.dtype in (torch.float32, torch.float64)
+            and t.numel() >= max(1, MIN_NUMEL) and t.is_contiguous() and not t.is_neg()) \
+            or _compiling() or torch.jit.is_tracing():
+        return None
+    if not _NUMBA_NORM:
+        try:
+            from . import numba_norm
+        except ImportError:                  # numba is optional: composite ops then
+            numba_norm = None
+        _NUMBA_NORM.append(numba_norm)
+    return _NUMBA_NORM[0]
 
 
 def _meta(t):
@@ -103,6 +142,36 @@ def _mean_square(xc, dims):
     return vector_norm(xc, dim=dims, keepdim=True).square_().div_(count)
 
 
+def _channel_forward(xv, w4, b4, over_batch, eps, stat_mean, stat_var):
+    """`_ChannelNorm`'s forward by composite ops: (y, mean, rstd, out_mean, out_var); `stat_mean`
+    and `stat_var` (1, C, 1, 1) normalize instead when given."""
+    n, groups = xv.shape[0], xv.shape[1]
+    if stat_mean is not None:                                         # given, per channel
+        mean, var = stat_mean, stat_var                               # 1, C, 1, 1
+        y = xv - mean                                                 # N, G, C/G, S
+        # two tensors, not one returned twice: torch.compile's tracing fails on that
+        out_mean, out_var = xv.new_empty(0), xv.new_empty(0)
+    else:
+        dims = (0, 2, 3) if over_batch else (2, 3)
+        if xv.numel() == 0:
+            # nan statistics out, as torch; finite ones kept for the backward, whose sums
+            # over no values must stay 0 (0 * nan would be nan)
+            mean = var = xv.new_zeros((1 if over_batch else n, groups, 1, 1))
+            y = xv.clone(memory_format=torch.contiguous_format)
+            out_mean, out_var = (torch.full_like(mean.view(-1, groups), float("nan"))
+                                 for _ in range(2))
+        else:
+            mean = xv.mean(dim=dims, keepdim=True)                    # kn, G, 1, 1
+            y = xv - mean                                             # x - mean, then y
+            var = _mean_square(y, dims)                               # kn, G, 1, 1
+            out_mean, out_var = mean.view(-1, groups), var.view(-1, groups)
+    rstd = torch.rsqrt(var + eps)                                     # kn, G, 1, 1
+    y.mul_(rstd if w4 is None else rstd * w4)
+    if b4 is not None:
+        y.add_(b4)
+    return y, mean, rstd, out_mean, out_var
+
+
 class _ChannelNorm(torch.autograd.Function):
     """x (N, C, *) viewed as (N, G, C/G, S); statistics over (C/G, S), and over N too if
     `over_batch`, or given per channel as `stat_mean`, `stat_var`. Returns (y, mean, var), the
@@ -124,29 +193,17 @@ class _ChannelNorm(torch.autograd.Function):
         pshape = (1,) + shape4[1:3] + (1,)                                # 1, G, C/G, 1
         w4, b4 = _as(weight, cdt, pshape), _as(bias, cdt, pshape)
         given = stat_mean is not None
-        if given:                                                         # given, per channel
-            mean, var = (_as(t, cdt, (1, c, 1, 1)) for t in (stat_mean, stat_var))  # 1, C, 1, 1
-            y = xv - mean                                                 # N, G, C/G, S
-            # two tensors, not one returned twice: torch.compile's tracing fails on that
-            out_mean, out_var = xv.new_empty(0), xv.new_empty(0)
+        if given:                                                         # per channel
+            stat_mean, stat_var = (_as(t, cdt, (1, c, 1, 1)) for t in (stat_mean, stat_var))
+        cpu = _cpu_kernels(xv, run=shape4[2] * shape4[3])
+        if cpu is not None:                                               # fused CPU kernels
+            stats = (stat_mean, torch.rsqrt(stat_var + eps)) if given else None
+            y, mean, var, rstd = cpu.channel_forward(xv, w4, b4, over_batch, eps, stats)
+            out_mean, out_var = (xv.new_empty(0), xv.new_empty(0)) if given else \
+                (mean.view(-1, groups), var.view(-1, groups))
         else:
-            dims = (0, 2, 3) if over_batch else (2, 3)
-            if x.numel() == 0:
-                # nan statistics out, as torch; finite ones kept for the backward, whose sums
-                # over no values must stay 0 (0 * nan would be nan)
-                mean = var = xv.new_zeros((1 if over_batch else n, groups, 1, 1))
-                y = xv.clone(memory_format=torch.contiguous_format)
-                out_mean, out_var = (torch.full_like(mean.view(-1, groups), float("nan"))
-                                     for _ in range(2))
-            else:
-                mean = xv.mean(dim=dims, keepdim=True)                    # kn, G, 1, 1
-                y = xv - mean                                             # x - mean, then y
-                var = _mean_square(y, dims)                               # kn, G, 1, 1
-                out_mean, out_var = mean.view(-1, groups), var.view(-1, groups)
-        rstd = torch.rsqrt(var + eps)                                     # kn, G, 1, 1
-        y.mul_(rstd if w4 is None else rstd * w4)
-        if b4 is not None:
-            y.add_(b4)
+            y, mean, rstd, out_mean, out_var = _channel_forward(xv, w4, b4, over_batch, eps,
+                                                                stat_mean, stat_var)
         ctx.save_for_backward(xv, mean, rstd, w4, x, weight, bias)
         ctx.meta = (x.shape, x.dtype, over_batch, not given, _meta(weight), _meta(bias))
         ctx.rebuild = partial(_channel_y, groups=groups, over_batch=over_batch, eps=eps)
@@ -164,6 +221,14 @@ class _ChannelNorm(torch.autograd.Function):
             return _grads_with_graph(ctx, partial(ctx.rebuild, fixed=fixed), (x, weight, bias),
                                      dy) + (None,) * 5
         dyv = _as(dy, xv.dtype, xv.shape)                                 # N, G, C/G, S
+        cpu = _cpu_kernels(xv, run=xv.shape[2] * xv.shape[3])
+        if cpu is not None:                                               # fused CPU kernels
+            dx, sum_dy_xhat, sum_dy = cpu.channel_backward(
+                xv, dyv.contiguous(), mean, rstd, w4, batch_stats, over_batch,
+                ctx.needs_input_grad[0])
+            dweight, dbias = _param_grads(ctx, sum_dy_xhat, sum_dy, weight_meta, bias_meta)
+            dx = None if dx is None else _as(dx, x_dtype, x_shape)
+            return dx, dweight, dbias, None, None, None, None, None
         sum_dy = dyv.sum(dim=3, keepdim=True)                             # N, G, C/G, 1
         buf = xv - mean                      # N, G, C/G, S: x - mean, then dy * (x - mean), then dx
         sum_dy_xhat = buf.mul_(dyv).sum(dim=3, keepdim=True).mul_(rstd)   # N, G, C/G, 1
@@ -320,7 +385,10 @@ class _FeatureNorm(torch.autograd.Function):
         cdt = compute_dtype(x.dtype)
         x2 = _as(x, cdt, _rows_shape(x, d))                               # M, D
         w, b = _as(weight, cdt, (d,)), _as(bias, cdt, (d,))
-        if _one_block(x2):
+        cpu = _cpu_kernels(x2, run=d)
+        if cpu is not None:                                               # fused CPU kernels
+            y, mean, rstd = cpu.feature_forward(x2, w, b, center, eps)
+        elif _one_block(x2):
             y, mean, rstd = _normalize_rows(x2, w, b, eps, center)
         else:
             y = torch.empty_like(x2, memory_format=torch.contiguous_format)  # M, D
@@ -344,7 +412,10 @@ class _FeatureNorm(torch.autograd.Function):
         w = _as(weight, rstd.dtype, (d,))
         want_dx, want_dw, want_db = ctx.needs_input_grad[:3]
         wants = (want_dx, want_dw and w is not None, want_db and bias_meta is not None)
-        if _one_block(x2):
+        cpu = _cpu_kernels(x2, run=d)
+        if cpu is not None:                                               # fused CPU kernels
+            dx, dweight, dbias = cpu.feature_backward(x2, dy2.contiguous(), mean, rstd, w, wants)
+        elif _one_block(x2):
             dx, dweight, dbias = _backward_rows(x2, dy2, mean, rstd, w, wants)
         else:
             dx = torch.empty_like(x2, memory_format=torch.contiguous_format) if want_dx else None
