@@ -185,6 +185,34 @@ def test_kernels_leave_torchs_thread_count_alone(threads, calls):
     assert len(calls) == 4 and not parallel._is_initialized      # no Numba threading layer
 
 
+def test_each_thread_gets_at_least_values_per_thread(calls, monkeypatch):
+    """However many threads torch uses, a call hands each at least VALUES_PER_THREAD values: an
+    input of twice that runs on two (one pool task forward, one backward), with torch's answer."""
+    monkeypatch.setattr(numba_norm, "_threads", lambda: 64)
+    submitted, pool = [], numba_norm._pool
+
+    class Counting:
+        def __init__(self, workers):
+            self.pool = pool(workers)
+
+        def submit(self, *args):
+            submitted.append(args[-2:])                                  # lo, hi
+            return self.pool.submit(*args)
+    monkeypatch.setattr(numba_norm, "_pool", Counting)
+    x = torch.randn(256, 2 * numba_norm.VALUES_PER_THREAD // 256, dtype=torch.float64)
+    w, b = (torch.randn(x.shape[1], dtype=torch.float64) for _ in range(2))
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    y = nt.functional.layer_norm(leaves[0], x.shape[1:], *leaves[1:])
+    y.backward(torch.cos(y.detach()))
+    assert len(calls) == 2 and len(submitted) == 2
+    ref = [t.clone().requires_grad_() for t in (x, w, b)]
+    y_ref = torch.nn.functional.layer_norm(ref[0], x.shape[1:], *ref[1:])
+    y_ref.backward(torch.cos(y_ref.detach()))
+    torch.testing.assert_close(y, y_ref)
+    for got, want in zip(leaves, ref):
+        torch.testing.assert_close(got.grad, want.grad)
+
+
 def _group_norm_sum(queue, threads=None):
     """A GroupNorm forward + backward on the kernels' two threads; in a child (threads=1 for
     torch, as DataLoader workers: torch's own OpenMP pool is not usable after a fork), also whether
