@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 
+import normlib._threads
 import normlib.torch as nt
 from normlib.torch import core
 
@@ -189,7 +190,7 @@ def test_each_thread_gets_at_least_values_per_thread(calls, monkeypatch):
     """However many threads torch uses, a call hands each at least VALUES_PER_THREAD values: an
     input of twice that runs on two (one pool task forward, one backward), with torch's answer."""
     monkeypatch.setattr(numba_norm, "_threads", lambda: 64)
-    submitted, pool = [], numba_norm._pool
+    submitted, pool = [], numba_norm.executor
 
     class Counting:
         def __init__(self, workers):
@@ -198,7 +199,7 @@ def test_each_thread_gets_at_least_values_per_thread(calls, monkeypatch):
         def submit(self, *args):
             submitted.append(args[-2:])                                  # lo, hi
             return self.pool.submit(*args)
-    monkeypatch.setattr(numba_norm, "_pool", Counting)
+    monkeypatch.setattr(numba_norm, "executor", Counting)
     x = torch.randn(256, 2 * numba_norm.VALUES_PER_THREAD // 256, dtype=torch.float64)
     w, b = (torch.randn(x.shape[1], dtype=torch.float64) for _ in range(2))
     leaves = [t.clone().requires_grad_() for t in (x, w, b)]
@@ -223,7 +224,7 @@ def _group_norm_sum(queue, threads=None):
     y = nt.functional.group_norm(x, 4)
     y.backward(torch.arange(float(y.numel())).reshape(y.shape).cos())
     queue.put((float(x.grad.abs().sum()), core._cpu_kernels(x) is not None,
-               bool(numba_norm._POOL)))
+               bool(normlib._threads._POOL)))
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")

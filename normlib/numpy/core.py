@@ -1,12 +1,13 @@
 """The one core: normalize over a set of axes, and its backward. NumPy, float32 or float64."""
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from math import prod
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
+
+from .._threads import executor
 
 # Trailing-axes norms cut x into parts of rows of about this many bytes and normalize the parts on
 # up to THREADS threads at once: the cores this process may use, at most 8 (measured on 2 cores
@@ -190,31 +191,10 @@ def _run_parts(fn, rows, unit, nbytes):
     def run(group):
         for r in group:
             fn(r)
-    futures = [_executor().submit(run, g) for g in groups[1:]]
+    futures = [executor(THREADS - 1).submit(run, g) for g in groups[1:]]
     run(groups[0])
     for f in futures:
         f.result()
-
-
-_pool = None
-
-
-def _executor():
-    """The thread pool (THREADS - 1 workers; the caller is the first thread), made on first use."""
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max(1, THREADS - 1), thread_name_prefix="normlib")
-    return _pool
-
-
-def _forget_pool():
-    """A forked child has none of its parent's threads: it makes a pool of its own."""
-    global _pool
-    _pool = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _first_varying_axis(p, ndim, lead):

@@ -25,21 +25,20 @@ parallel layers are not used: its OpenMP layer loads a second libgomp beside tor
 kernel `torch.set_num_threads(1)` no longer held (torch reported 2 threads again), which made
 chapter 09's thousands of one-thread steps twice as slow; its workqueue layer took 170 us a call
 and is not thread-safe. With one torch thread the kernels run in the caller, with no pool at all.
-A process forked after the pool started (DataLoader workers) starts a pool of its own.
+The pool is normlib's one (`normlib._threads`, shared with the NumPy reference); a process
+forked after it started (DataLoader workers) makes a pool of its own.
 
 The first call of each kernel compiles it (a few seconds), once per dtype; `cache=True` keeps the
 machine code beside this file for later processes. `core.py` imports this module lazily
 (`core._cpu_kernels`), only for inputs it can take: plain contiguous CPU tensors, outside
 torch.compile and tracing.
 """
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
 import torch
 from numba import njit
+
+from .._threads import executor
 
 __all__ = ["channel_forward", "channel_backward", "feature_forward", "feature_backward"]
 
@@ -49,27 +48,6 @@ _jit = njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 # A thread gets at least this many values: handing one less costs more than it saves (a second
 # thread cost 0.1-0.3 ms a call here), which matters where torch uses dozens of threads
 VALUES_PER_THREAD = 2 ** 16
-_POOL = []                   # the ThreadPoolExecutor of this process, once a call needed one
-_POOL_LOCK = threading.Lock()
-
-
-def _pool(workers):
-    """This process's thread pool, with room for at least `workers` threads."""
-    with _POOL_LOCK:
-        if not _POOL or _POOL[0]._max_workers < workers:
-            if _POOL:
-                _POOL.pop().shutdown(wait=False)
-            _POOL.append(ThreadPoolExecutor(max(workers, 4), thread_name_prefix="normlib-cpu"))
-        return _POOL[0]
-
-
-def _forget_pool():
-    """In a forked child the parent's pool threads do not exist: start afresh."""
-    _POOL.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _threads():
@@ -86,7 +64,7 @@ def _run(kernel, total, *args):
         kernel(*args, 0, total)
         return
     bounds = [total * i // parts for i in range(parts + 1)]
-    pool = _pool(parts - 1)
+    pool = executor(parts - 1)
     futures = [pool.submit(kernel, *args, bounds[i], bounds[i + 1]) for i in range(1, parts)]
     try:
         kernel(*args, bounds[0], bounds[1])
