@@ -134,6 +134,7 @@ def test_feature_backward_sums_over_row_slices_match(threads, monkeypatch):
     """dweight and dbias add up per-thread partial sums over slices of rows: any slicing, the
     same sums (float64, so only the order of additions differs)."""
     monkeypatch.setattr(core, "MIN_NUMEL", 0)
+    monkeypatch.setattr(numba_norm, "VALUES_PER_THREAD", 1)      # a thread a slice, however small
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(7, 33, generator=gen, dtype=torch.float64)
     w, b = torch.randn(33, generator=gen, dtype=torch.float64), torch.zeros(33, dtype=torch.float64)

@@ -55,11 +55,16 @@ def _threads():
     return torch.get_num_threads()
 
 
+def _parts(total, size):
+    """How many threads share a call over `total` groups of an input of `size` values: `_threads()`,
+    at most `total` and at most one a VALUES_PER_THREAD values."""
+    return max(1, min(_threads(), total, size // VALUES_PER_THREAD))
+
+
 def _run(kernel, total, *args):
     """kernel(*args, lo, hi) over the ranges of a split of [0, total) into one range a thread,
-    `_threads()` of them, at most `total` and at most one a VALUES_PER_THREAD values of args[0]
-    (the input); returns when all are done."""
-    parts = max(1, min(_threads(), total, args[0].size // VALUES_PER_THREAD))
+    `_parts` of them for args[0] (the input); returns when all are done."""
+    parts = _parts(total, args[0].size)
     if parts == 1:
         kernel(*args, 0, total)
         return
@@ -269,7 +274,7 @@ def feature_backward(x2, dy2, mean, rstd, w, wants):
     rows, d = x2.shape
     dtype = x2.numpy().dtype
     dx = torch.empty_like(x2) if wants[0] else x2.new_empty((0, 0))
-    slices = max(1, min(_threads(), rows))
+    slices = _parts(rows, x2.numel())                                    # one a thread
     dw_part, db_part = np.empty((slices, d)), np.empty((slices, d))      # float64 partial sums
     _run(_feature_backward, slices, x2.numpy(), dy2.numpy(),
          _arr(mean, (rows if mean is not None else 0,), dtype), _arr(rstd, (rows,), dtype),
